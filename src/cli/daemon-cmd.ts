@@ -1,0 +1,58 @@
+// `bulkhead daemon`: runs the admin daemon in the foreground until SIGTERM / SIGINT.
+import { parseArgs } from 'node:util';
+import { StoreError } from '../core/store.js';
+import { DEFAULT_DATA_DIR, DEFAULT_SOCKET, startDaemon } from '../daemon/daemon.js';
+import { createLogger } from '../daemon/log.js';
+
+export async function daemonMain(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        'data-dir': { type: 'string' },
+        socket: { type: 'string' },
+        'default-qubes': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`bulkhead daemon: error: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (values.help === true) {
+    process.stdout.write('usage: bulkhead daemon [--data-dir DIR] [--socket PATH] [--default-qubes]\n');
+    return 0;
+  }
+  const log = createLogger('bulkheadd');
+  let daemon;
+  try {
+    daemon = await startDaemon({
+      dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
+      socketPath: values.socket ?? process.env.BULKHEAD_SOCKET ?? DEFAULT_SOCKET,
+      log,
+      defaultQubes: values['default-qubes'] === true,
+    });
+  } catch (err) {
+    const message = err instanceof StoreError ? err.message : (err as Error).message;
+    log.fatal({ err: message }, 'daemon cannot start');
+    process.stderr.write(`bulkhead daemon: error: ${message}\n`);
+    return 1;
+  }
+  const running = daemon;
+  return new Promise<number>((resolve) => {
+    const stop = (signal: string): void => {
+      log.info({ signal }, 'stopping');
+      running.close().then(
+        () => { resolve(0); },
+        (err: unknown) => {
+          log.error({ err }, 'error while stopping');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGTERM', () => { stop('SIGTERM'); });
+    process.once('SIGINT', () => { stop('SIGINT'); });
+  });
+}

@@ -1,0 +1,215 @@
+// Qube lifecycle: start / shutdown / kill / pause / unpause through the HAL, with Qubes'
+// events and error types. Which backend runs a qube is its `backend` property; the daemon
+// only uses backends that are present, and says so clearly when one is not.
+import type { Logger } from 'pino';
+import { QubesError, vmNotFound } from '../core/errors.js';
+import type { QubeRecord } from '../core/model.js';
+import { qubeValue, refValue, templateOf } from '../core/properties.js';
+import type { Registry } from '../core/registry.js';
+import type { BackendKind, HypervisorBackend, PowerState, QubeLaunchSpec } from '../hal/types.js';
+import { ShutdownTimeout } from '../hal/types.js';
+
+export interface ShutdownOptions {
+  readonly force: boolean;
+  readonly wait: boolean;
+}
+
+export class Lifecycle {
+  readonly #registry: Registry;
+  readonly #backends: ReadonlyMap<BackendKind, HypervisorBackend>;
+  readonly #log: Logger;
+  /** Starts in flight, so concurrent starts of one qube share the work. */
+  readonly #starting = new Map<string, Promise<void>>();
+  readonly #unsubscribers: (() => void)[] = [];
+
+  constructor(registry: Registry, backends: ReadonlyMap<BackendKind, HypervisorBackend>, log: Logger) {
+    this.#registry = registry;
+    this.#backends = backends;
+    this.#log = log;
+    registry.setHaltedCheck((name) => this.powerState(name) === 'Halted');
+    for (const backend of backends.values()) {
+      this.#unsubscribers.push(
+        backend.onExit((n) => {
+          this.#log.warn({ qube: n.name, state: n.state, reason: n.reason }, 'qube stopped on its own');
+          this.#registry.emit({ subject: n.name, event: 'domain-shutdown', kwargs: [['reason', n.reason]] });
+        }),
+      );
+    }
+  }
+
+  #backendKind(q: QubeRecord): BackendKind {
+    const kind = qubeValue(this.#registry.state, q, 'backend');
+    return kind === 'vm' ? 'vm' : 'container';
+  }
+
+  #backend(q: QubeRecord): HypervisorBackend | undefined {
+    return this.#backends.get(this.#backendKind(q));
+  }
+
+  powerState(name: string): PowerState {
+    const q = this.#registry.state.qubes.get(name);
+    if (!q) return 'Halted';
+    if (q.klass === 'AdminVM') return 'Running';
+    if (this.#starting.has(name)) return 'Transient';
+    return this.#backend(q)?.state(name) ?? 'Halted';
+  }
+
+  /** `mem=<KiB> mem_static_max=<KiB> cputime=<n> power_state=<State>` */
+  currentState(q: QubeRecord): string {
+    const state = this.powerState(q.name);
+    if (q.klass === 'AdminVM' || state === 'Halted') return `mem=0 mem_static_max=0 cputime=0 power_state=${state}`;
+    const stats = this.#backend(q)?.stats(q.name);
+    const maxmem = qubeValue(this.#registry.state, q, 'maxmem');
+    const staticMax = typeof maxmem === 'number' ? maxmem * 1024 : 0;
+    return `mem=${stats?.memKiB ?? 0} mem_static_max=${staticMax} cputime=${stats?.cpuTimeNs ?? 0} power_state=${state}`;
+  }
+
+  async start(name: string): Promise<void> {
+    const q = this.#registry.resolve(name);
+    if (q.klass === 'AdminVM') return;
+    const inFlight = this.#starting.get(q.name);
+    if (inFlight) return inFlight;
+    if (this.powerState(q.name) !== 'Halted') return;
+    const job = this.#doStart(q).finally(() => this.#starting.delete(q.name));
+    this.#starting.set(q.name, job);
+    return job;
+  }
+
+  async #doStart(q: QubeRecord): Promise<void> {
+    const s = this.#registry.state;
+    const kind = this.#backendKind(q);
+    const backend = this.#backends.get(kind);
+    this.#registry.emit({ subject: q.name, event: 'domain-pre-start', kwargs: [] });
+    try {
+      if (!backend) {
+        throw new Error(`the '${kind}' isolation backend is not available on this host yet`);
+      }
+      // A qube needs its network provider running first.
+      const netvm = refValue(s, q, 'netvm');
+      if (netvm !== null) await this.start(netvm);
+      await backend.start(this.#launchSpec(q));
+    } catch (err) {
+      const reason = err instanceof QubesError ? err.message : (err as Error).message;
+      this.#registry.emit({ subject: q.name, event: 'domain-start-failed', kwargs: [['reason', reason]] });
+      this.#log.warn({ qube: q.name, reason }, 'start failed');
+      throw new QubesError('QubesException', `Start failed: ${reason}`);
+    }
+    this.#registry.emit({ subject: q.name, event: 'domain-start', kwargs: [['start_guid', 'True']] });
+  }
+
+  #launchSpec(q: QubeRecord): QubeLaunchSpec {
+    const s = this.#registry.state;
+    const num = (prop: string, fallback: number): number => {
+      const v = qubeValue(s, q, prop);
+      return typeof v === 'number' ? v : fallback;
+    };
+    let root: QubeRecord | undefined = templateOf(s, q);
+    // A disposable's template is an AppVM; its root comes from that AppVM's template.
+    if (root && root.klass !== 'TemplateVM') root = templateOf(s, root);
+    if (q.klass === 'AdminVM') throw vmNotFound(q.name);
+    const user = qubeValue(s, q, 'default_user');
+    return {
+      name: q.name,
+      uuid: q.uuid,
+      qid: q.qid,
+      klass: q.klass,
+      rootTemplate: root?.name ?? null,
+      memoryMiB: num('memory', 400),
+      maxmemMiB: num('maxmem', 4000),
+      vcpus: num('vcpus', 2),
+      defaultUser: typeof user === 'string' ? user : 'user',
+      qrexecTimeoutSec: num('qrexec_timeout', 60),
+    };
+  }
+
+  #runningBackend(name: string): { q: QubeRecord; backend: HypervisorBackend } {
+    const q = this.#registry.resolve(name);
+    if (q.klass === 'AdminVM') {
+      throw new QubesError('QubesVMError', `The AdminVM '${q.name}' cannot be controlled this way`);
+    }
+    const backend = this.#backend(q);
+    if (!backend || backend.state(q.name) === 'Halted') {
+      throw new QubesError('QubesVMNotStartedError', `Domain is powered off: '${q.name}'`);
+    }
+    return { q, backend };
+  }
+
+  async shutdown(name: string, opts: ShutdownOptions): Promise<void> {
+    const { q, backend } = this.#runningBackend(name);
+    const state = backend.state(q.name);
+    if (state === 'Paused' && !opts.force) {
+      throw new QubesError('QubesVMNotRunningError', `Domain not running (either powered off or paused): '${q.name}'`);
+    }
+    if (!opts.force) {
+      const users = this.#registry
+        .list()
+        .filter((o) => o.name !== q.name && refValue(this.#registry.state, o, 'netvm') === q.name)
+        .filter((o) => this.powerState(o.name) !== 'Halted')
+        .map((o) => o.name);
+      if (users.length > 0) {
+        throw new QubesError(
+          'QubesVMInUseError',
+          `Domain is in use: '${q.name}'; running qubes use it as netvm: ${users.join(', ')}`,
+        );
+      }
+    }
+    this.#registry.emit({ subject: q.name, event: 'domain-pre-shutdown', kwargs: [['force', opts.force ? 'True' : 'False']] });
+    const timeout = qubeValue(this.#registry.state, q, 'shutdown_timeout');
+    const job = (async () => {
+      if (state === 'Paused') await backend.unpause(q.name);
+      await backend.shutdown(q.name, typeof timeout === 'number' ? timeout : 60);
+      this.#registry.emit({ subject: q.name, event: 'domain-stopped', kwargs: [] });
+      this.#registry.emit({ subject: q.name, event: 'domain-shutdown', kwargs: [] });
+    })();
+    if (!opts.wait) {
+      job.catch((err: unknown) => {
+        this.#log.warn({ qube: q.name, err: (err as Error).message }, 'shutdown failed');
+        this.#registry.emit({ subject: q.name, event: 'domain-shutdown-failed', kwargs: [['reason', (err as Error).message]] });
+      });
+      return;
+    }
+    try {
+      await job;
+    } catch (err) {
+      this.#registry.emit({ subject: q.name, event: 'domain-shutdown-failed', kwargs: [['reason', (err as Error).message]] });
+      if (err instanceof ShutdownTimeout) {
+        throw new QubesError('QubesVMShutdownTimeoutError', `Domain shutdown timed out: '${q.name}'`);
+      }
+      throw new QubesError('QubesVMError', `Shutdown failed: ${q.name}: ${(err as Error).message}`);
+    }
+  }
+
+  async kill(name: string): Promise<void> {
+    const { q, backend } = this.#runningBackend(name);
+    await backend.kill(q.name);
+    this.#registry.emit({ subject: q.name, event: 'domain-stopped', kwargs: [] });
+    this.#registry.emit({ subject: q.name, event: 'domain-shutdown', kwargs: [] });
+  }
+
+  async pause(name: string): Promise<void> {
+    const { q, backend } = this.#runningBackend(name);
+    if (backend.state(q.name) !== 'Running') {
+      throw new QubesError('QubesVMNotRunningError', `Domain not running (either powered off or paused): '${q.name}'`);
+    }
+    if (!backend.capabilities.pause) {
+      throw new QubesError('QubesNotImplementedError', `The ${backend.kind} backend cannot pause qubes`);
+    }
+    await backend.pause(q.name);
+    this.#registry.emit({ subject: q.name, event: 'domain-paused', kwargs: [] });
+  }
+
+  async unpause(name: string): Promise<void> {
+    const q = this.#registry.resolve(name);
+    if (this.powerState(q.name) !== 'Paused') {
+      throw new QubesError('QubesVMNotPausedError', `Domain is not paused: '${q.name}'`);
+    }
+    const { backend } = this.#runningBackend(name);
+    await backend.unpause(q.name);
+    this.#registry.emit({ subject: q.name, event: 'domain-unpaused', kwargs: [] });
+  }
+
+  async close(): Promise<void> {
+    for (const u of this.#unsubscribers) u();
+    await Promise.all([...this.#backends.values()].map((b) => b.close()));
+  }
+}

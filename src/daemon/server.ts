@@ -1,0 +1,183 @@
+// The Admin API server: one request per connection, Qubes framing. Reads at most 64 KiB, waits
+// for the client's half-close, checks the request against the method's declaration, runs it,
+// writes one reply and closes. Protocol errors and permission denials close the connection
+// without a reply (as qubesd does); unexpected failures too, after logging them.
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { PermissionDenied, ProtocolError, QubesError } from '../core/errors.js';
+import type { Registry } from '../core/registry.js';
+import {
+  FramingError,
+  RequestAccumulator,
+  encodeEvent,
+  encodeException,
+  encodeOk,
+  parseAdminRequest,
+  type AdminRequest,
+} from '../protocol/admin-wire.js';
+import type { Lifecycle } from './lifecycle.js';
+import { METHODS, type CallContext, type MethodDecl } from './methods.js';
+
+/** An event stream client that lets this much pile up unread is disconnected. */
+const MAX_PENDING_EVENT_BYTES = 4 * 1024 * 1024;
+
+export interface ServerDeps {
+  readonly registry: Registry;
+  readonly lifecycle: Lifecycle;
+  readonly log: Logger;
+}
+
+export class AdminServer {
+  readonly #deps: ServerDeps;
+  readonly #server: net.Server;
+  readonly #sockets = new Set<net.Socket>();
+  #path: string | undefined;
+
+  constructor(deps: ServerDeps) {
+    this.#deps = deps;
+    this.#server = net.createServer({ allowHalfOpen: true }, (socket) => {
+      this.#handle(socket);
+    });
+  }
+
+  /** Listens on `socketPath` (root-owned, mode 0660), refusing to steal a live daemon's socket. */
+  async listen(socketPath: string): Promise<void> {
+    fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+    if (fs.existsSync(socketPath)) {
+      if (await socketIsLive(socketPath)) {
+        throw new Error(`another daemon is listening on ${socketPath}`);
+      }
+      fs.rmSync(socketPath, { force: true });
+    }
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(socketPath, () => {
+        this.#server.off('error', reject);
+        resolve();
+      });
+    });
+    this.#path = socketPath;
+    fs.chmodSync(socketPath, 0o660);
+    if (process.getuid?.() === 0) fs.chownSync(socketPath, 0, 0);
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => { resolve(); }));
+    for (const s of this.#sockets) s.destroy();
+    await closed;
+    if (this.#path !== undefined) fs.rmSync(this.#path, { force: true });
+  }
+
+  #handle(socket: net.Socket): void {
+    this.#sockets.add(socket);
+    socket.on('close', () => this.#sockets.delete(socket));
+    socket.on('error', () => socket.destroy());
+    const acc = new RequestAccumulator();
+    socket.on('data', (untrustedChunk: Buffer) => {
+      if (!acc.push(untrustedChunk)) {
+        this.#deps.log.warn('request over 64 KiB; connection aborted');
+        socket.destroy();
+      }
+    });
+    socket.on('end', () => {
+      if (acc.overflowed) return;
+      let req: AdminRequest;
+      try {
+        req = parseAdminRequest(acc.take());
+      } catch (err) {
+        this.#deps.log.warn({ err: (err as FramingError).message }, 'malformed request; connection aborted');
+        socket.destroy();
+        return;
+      }
+      void this.#dispatch(socket, req);
+    });
+  }
+
+  async #dispatch(socket: net.Socket, req: AdminRequest): Promise<void> {
+    const { log } = this.#deps;
+    const started = process.hrtime.bigint();
+    try {
+      const ctx = this.#context(req);
+      const decl = METHODS.get(req.method);
+      if (!decl) throw new ProtocolError(`no such method: '${req.method}'`);
+      if (decl.stream) {
+        this.#stream(socket, decl.stream, ctx);
+        return;
+      }
+      const result = await decl.handler?.(ctx);
+      socket.end(encodeOk(result));
+      log.debug({ method: req.method, dest: req.dest, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'call');
+    } catch (err) {
+      if (err instanceof QubesError) {
+        log.info({ method: req.method, dest: req.dest, type: err.type, reason: err.message }, 'call failed');
+        socket.end(encodeException(err.type, err.message));
+      } else if (err instanceof ProtocolError || err instanceof PermissionDenied) {
+        log.warn({ method: req.method, arg: req.arg, dest: req.dest, reason: err.message }, `${err.name}; connection aborted`);
+        socket.destroy();
+      } else {
+        log.error({ method: req.method, err }, 'internal error; connection aborted');
+        socket.destroy();
+      }
+    }
+  }
+
+  /** Resolves source and destination and checks the request shape against the declaration. */
+  #context(req: AdminRequest): CallContext {
+    const { registry, lifecycle } = this.#deps;
+    const decl = METHODS.get(req.method);
+    if (!decl) throw new ProtocolError(`no such method: '${req.method}'`);
+    const source = registry.resolve(req.source);
+    // The local socket is root-only and speaks for the admin domain. Calls from qubes arrive
+    // through qrexec and policy (a later issue), never here.
+    if (source.klass !== 'AdminVM') throw new PermissionDenied('only dom0 may use the local Admin API socket');
+    let dest;
+    if (req.destType === 'keyword') {
+      if (req.dest !== 'adminvm') throw new ProtocolError(`unknown destination keyword '${req.dest}'`);
+      dest = registry.resolve('dom0');
+    } else {
+      dest = registry.resolve(req.dest);
+    }
+    if (decl.dest === 'adminvm' && dest.klass !== 'AdminVM') throw new ProtocolError('expected destination to be AdminVM');
+    if (decl.dest === 'vm' && dest.klass === 'AdminVM') {
+      throw new QubesError('QubesVMError', `The AdminVM '${dest.name}' cannot be the destination of ${req.method}`);
+    }
+    if (decl.arg === 'none' && req.arg !== '') throw new ProtocolError('unexpected argument');
+    if (decl.arg === 'required' && req.arg === '') throw new ProtocolError('expected an argument');
+    if (decl.payload === 'none' && req.payload.length > 0) throw new ProtocolError('unexpected payload');
+    if (decl.payload === 'required' && req.payload.length === 0) throw new ProtocolError('expected payload');
+    return { registry, lifecycle, source, dest, arg: req.arg, untrustedPayload: req.payload };
+  }
+
+  #stream(socket: net.Socket, stream: NonNullable<MethodDecl['stream']>, ctx: CallContext): void {
+    let unsubscribe: (() => void) | undefined;
+    const stop = (): void => {
+      unsubscribe?.();
+      unsubscribe = undefined;
+    };
+    socket.on('close', stop);
+    // The client ends the stream by closing; a half-closed socket here already sent its FIN.
+    unsubscribe = stream(ctx, (e) => {
+      if (socket.destroyed) return;
+      if (socket.writableLength > MAX_PENDING_EVENT_BYTES) {
+        this.#deps.log.warn('event client too slow; disconnected');
+        socket.destroy();
+        return;
+      }
+      socket.write(encodeEvent(e.subject, e.event, e.kwargs));
+    });
+    if (socket.destroyed) stop();
+  }
+}
+
+function socketIsLive(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => { resolve(false); });
+  });
+}

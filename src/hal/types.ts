@@ -1,0 +1,72 @@
+// The hypervisor abstraction layer (HAL): the contract every isolation backend implements.
+// Callers ask for capabilities, never for a backend by name. The `container` backend (crun)
+// and the `vm` backend (QEMU) implement this in later issues; `fake.ts` is the unit-test double.
+
+export type BackendKind = 'container' | 'vm';
+
+/** Qubes power states, as admin.vm.List / CurrentState report them. */
+export type PowerState = 'Halted' | 'Transient' | 'Running' | 'Paused' | 'Halting' | 'Dying' | 'Crashed';
+
+export interface BackendCapabilities {
+  /** Freeze and thaw a running qube (admin.vm.Pause / Unpause). */
+  readonly pause: boolean;
+  /** Enforce `maxmem` as a hard memory limit. */
+  readonly memoryLimit: boolean;
+  /** Enforce `vcpus` as a CPU quota. */
+  readonly cpuLimit: boolean;
+  /** Graceful shutdown through the in-qube agent (otherwise shutdown = kill). */
+  readonly gracefulShutdown: boolean;
+  /** A separate kernel per qube (stronger isolation than namespaces). */
+  readonly ownKernel: boolean;
+}
+
+/** Everything a backend needs to start a qube, resolved by the daemon from the registry. */
+export interface QubeLaunchSpec {
+  readonly name: string;
+  readonly uuid: string;
+  readonly qid: number;
+  readonly klass: 'TemplateVM' | 'AppVM' | 'StandaloneVM' | 'DispVM';
+  /** The TemplateVM whose root this qube uses (AppVM, DispVM via its disposable template). */
+  readonly rootTemplate: string | null;
+  readonly memoryMiB: number;
+  readonly maxmemMiB: number;
+  readonly vcpus: number;
+  readonly defaultUser: string;
+  /** How long to wait for the agent's HELLO before the start counts as failed. */
+  readonly qrexecTimeoutSec: number;
+}
+
+export interface QubeStats {
+  readonly memKiB: number;
+  readonly cpuTimeNs: number;
+}
+
+/** Why a running qube stopped without being asked to. */
+export interface ExitNotice {
+  readonly name: string;
+  readonly state: 'Halted' | 'Crashed';
+  readonly reason: string;
+}
+
+export interface HypervisorBackend {
+  readonly kind: BackendKind;
+  readonly capabilities: BackendCapabilities;
+  /** Resolves once the qube is Running (agent connected); rejects with a user-facing message. */
+  start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void>;
+  /** Graceful shutdown; rejects with ShutdownTimeout after `timeoutSec`. */
+  shutdown(name: string, timeoutSec: number): Promise<void>;
+  kill(name: string): Promise<void>;
+  pause(name: string): Promise<void>;
+  unpause(name: string): Promise<void>;
+  /** The current power state; Halted for qubes the backend does not know. */
+  state(name: string): PowerState;
+  stats(name: string): QubeStats | undefined;
+  /** Called when a qube stops on its own (crash, OOM, poweroff inside). */
+  onExit(listener: (notice: ExitNotice) => void): () => void;
+  /** Stops or re-adopts everything on daemon shutdown; no orphaned processes or mounts. */
+  close(): Promise<void>;
+}
+
+export class ShutdownTimeout extends Error {
+  override readonly name = 'ShutdownTimeout';
+}
