@@ -107,7 +107,7 @@ export class AdminClient {
           for (const e of parser.push(chunk)) onEvent(e);
         } catch (err) {
           socket.destroy();
-          reject(err);
+          reject(err instanceof Error ? err : new Error(String(err)));
         }
       });
       socket.on('error', (err) => {
