@@ -447,14 +447,12 @@ export function validateIntegrity(s: RegistryState): void {
     if (q.klass === 'AppVM' || q.klass === 'DispVM') {
       const t = q.props.get('template');
       if (typeof t !== 'string' || !s.qubes.has(t)) throw new QubesError('QubesNoTemplateError', `Qube '${q.name}' has no template`);
-      propDefFor(q.klass, 'template')?.check?.(q, s, t);
-    }
-    if (q.klass === 'DispVM') {
-      // A disposable template stays one while disposables are based on it.
-      const t = templateOf(s, q);
-      if (t && !boolValue(s, t, 'template_for_dispvms')) {
-        throw propertyValueError(`'${t.name}' has disposables based on it (${q.name}); template_for_dispvms must stay True`);
+      const tq = s.qubes.get(t);
+      if (q.klass === 'DispVM' && tq && !boolValue(s, tq, 'template_for_dispvms')) {
+        // A disposable template stays one while disposables are based on it.
+        throw propertyValueError(`'${t}' has disposables based on it (${q.name}); template_for_dispvms must stay True`);
       }
+      propDefFor(q.klass, 'template')?.check?.(q, s, t);
     }
     const netvm = refValue(s, q, 'netvm');
     if (netvm !== null) {

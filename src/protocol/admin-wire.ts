@@ -144,10 +144,12 @@ export function encodeEvent(subject: string, event: string, kwargs: ReadonlyArra
 /**
  * qubesadmin formats the message with Python's `%` operator even with zero arguments, so a bare
  * `%` would crash it: double it. The traceback field stays empty (we never send tracebacks).
+ * NUL is dropped from both fields (as for events): it would shift the client's field split.
  */
 export function encodeException(type: string, message: string): Buffer {
+  const safeType = type.replaceAll('\0', '');
   const safeMessage = message.replaceAll('\0', '').replaceAll('%', '%%');
-  return Buffer.concat([EXCEPTION_HEADER, Buffer.from(`${type}\0\0${safeMessage}\0`, 'utf8')]);
+  return Buffer.concat([EXCEPTION_HEADER, Buffer.from(`${safeType}\0\0${safeMessage}\0`, 'utf8')]);
 }
 
 export type AdminReply =
