@@ -20,6 +20,8 @@ import {
 import type { Lifecycle } from './lifecycle.js';
 import { METHODS, type CallContext, type MethodDecl } from './methods.js';
 
+/** A client must finish sending its request (half-close) within this time. */
+const REQUEST_TIMEOUT_MS = 30_000;
 /** An event stream client that lets this much pile up unread is disconnected. */
 const MAX_PENDING_EVENT_BYTES = 4 * 1024 * 1024;
 
@@ -75,6 +77,10 @@ export class AdminServer {
     socket.on('close', () => this.#sockets.delete(socket));
     socket.on('error', () => socket.destroy());
     const acc = new RequestAccumulator();
+    socket.setTimeout(REQUEST_TIMEOUT_MS, () => {
+      this.#deps.log.warn('request not completed in time; connection aborted');
+      socket.destroy();
+    });
     socket.on('data', (untrustedChunk: Buffer) => {
       if (!acc.push(untrustedChunk)) {
         this.#deps.log.warn('request over 64 KiB; connection aborted');
@@ -82,6 +88,7 @@ export class AdminServer {
       }
     });
     socket.on('end', () => {
+      socket.setTimeout(0);
       if (acc.overflowed) return;
       let req: AdminRequest;
       try {

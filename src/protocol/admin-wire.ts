@@ -136,7 +136,11 @@ function eventField(value: string): string {
 
 export function encodeEvent(subject: string, event: string, kwargs: ReadonlyArray<readonly [string, string]>): Buffer {
   let body = `${eventField(subject)}\0${eventField(event)}\0`;
-  for (const [key, value] of kwargs) body += `${eventField(key)}\0${eventField(value)}\0`;
+  // An empty key would read as the end of the event; such a pair is dropped.
+  for (const [key, value] of kwargs) {
+    const safeKey = eventField(key);
+    if (safeKey !== '') body += `${safeKey}\0${eventField(value)}\0`;
+  }
   body += '\0';
   return Buffer.concat([EVENT_HEADER, Buffer.from(body, 'utf8')]);
 }
