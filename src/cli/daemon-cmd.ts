@@ -1,6 +1,5 @@
 // `bulkhead daemon`: runs the admin daemon in the foreground until SIGTERM / SIGINT.
 import { parseArgs } from 'node:util';
-import { StoreError } from '../core/store.js';
 import { DEFAULT_DATA_DIR, DEFAULT_SOCKET, startDaemon } from '../daemon/daemon.js';
 import { createLogger } from '../daemon/log.js';
 
@@ -35,7 +34,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
       defaultQubes: values['default-qubes'] === true,
     });
   } catch (err) {
-    const message = err instanceof StoreError ? err.message : (err as Error).message;
+    const message = (err as Error).message;
     log.fatal({ err: message }, 'daemon cannot start');
     process.stderr.write(`bulkhead daemon: error: ${message}\n`);
     return 1;

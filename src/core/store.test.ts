@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { emptyState } from './model.js';
 import { Registry } from './registry.js';
-import { BACKUP_FILE, DataDirLock, STORE_FILE, Store, StoreError, deserialize, serialize } from './store.js';
+import { BACKUP_FILE, STORE_FILE, Store, StoreError, deserialize, serialize } from './store.js';
 
 let dir: string;
 beforeEach(() => {
@@ -85,18 +85,5 @@ describe('store', () => {
     store.save(sample().state);
     fs.rmSync(path.join(dir, STORE_FILE));
     assert.throws(() => store.load(), /is missing but .*Restore it with/);
-  });
-});
-
-describe('data dir lock', () => {
-  test('one owner at a time; a stale lock of a dead process is taken over', () => {
-    const lock = DataDirLock.acquire(dir);
-    fs.writeFileSync(path.join(dir, 'daemon.lock'), `${process.ppid}\n`); // a live process that is not us
-    assert.throws(() => DataDirLock.acquire(dir), /another Bulkhead daemon \(pid \d+\)/);
-    fs.writeFileSync(path.join(dir, 'daemon.lock'), '999999999\n');
-    const again = DataDirLock.acquire(dir);
-    again[Symbol.dispose]();
-    assert.equal(fs.existsSync(path.join(dir, 'daemon.lock')), false);
-    lock[Symbol.dispose]();
   });
 });

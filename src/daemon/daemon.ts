@@ -3,10 +3,11 @@ import fs from 'node:fs';
 import type { Logger } from 'pino';
 import { emptyState } from '../core/model.js';
 import { Registry } from '../core/registry.js';
-import { DataDirLock, Store } from '../core/store.js';
+import { Store } from '../core/store.js';
 import type { BackendKind, HypervisorBackend } from '../hal/types.js';
 import { defineDefaultQubes } from './defaults.js';
 import { Lifecycle } from './lifecycle.js';
+import { DataDirLock } from './lock.js';
 import { AdminServer } from './server.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/bulkhead';
@@ -29,7 +30,7 @@ export interface RunningDaemon {
 
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   fs.mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
-  const lock = DataDirLock.acquire(opts.dataDir);
+  const lock = await DataDirLock.acquire(opts.dataDir);
   try {
     const store = new Store(opts.dataDir);
     const loaded = store.load();
@@ -55,14 +56,14 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         closing ??= (async () => {
           await server.close();
           await lifecycle.close();
-          lock[Symbol.dispose]();
+          await lock.release();
           opts.log.info('daemon stopped');
         })();
         return closing;
       },
     };
   } catch (err) {
-    lock[Symbol.dispose]();
+    await lock.release();
     throw err;
   }
 }

@@ -36,6 +36,8 @@ export class AdminServer {
   readonly #server: net.Server;
   readonly #sockets = new Set<net.Socket>();
   #path: string | undefined;
+  /** Inode of the socket file we created: on close we remove it only if it is still ours. */
+  #inode: number | undefined;
 
   constructor(deps: ServerDeps) {
     this.#deps = deps;
@@ -53,23 +55,36 @@ export class AdminServer {
       }
       fs.rmSync(socketPath, { force: true });
     }
-    await new Promise<void>((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen(socketPath, () => {
-        this.#server.off('error', reject);
-        resolve();
+    // The socket is created 0660 from the start (umask), never briefly more open.
+    const oldMask = process.umask(0o117);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#server.once('error', reject);
+        this.#server.listen(socketPath, () => {
+          this.#server.off('error', reject);
+          resolve();
+        });
       });
-    });
+    } finally {
+      process.umask(oldMask);
+    }
     this.#path = socketPath;
     fs.chmodSync(socketPath, 0o660);
     if (process.getuid?.() === 0) fs.chownSync(socketPath, 0, 0);
+    this.#inode = fs.statSync(socketPath).ino;
   }
 
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => { resolve(); }));
     for (const s of this.#sockets) s.destroy();
     await closed;
-    if (this.#path !== undefined) fs.rmSync(this.#path, { force: true });
+    if (this.#path !== undefined) {
+      try {
+        if (fs.statSync(this.#path).ino === this.#inode) fs.rmSync(this.#path, { force: true });
+      } catch {
+        // already gone
+      }
+    }
   }
 
   #handle(socket: net.Socket): void {

@@ -69,6 +69,7 @@ export const qvmCreate: Command = {
       if (name === undefined) throw new UsageError('the following arguments are required: VMNAME');
       if (extra.length > 0) throw new UsageError(`unrecognized arguments: ${extra.join(' ')}`);
       const props = parseProps([...a.strs('prop'), ...a.strs('property')]);
+      if (props.some(([p]) => p === 'name')) throw new UsageError('name the qube with VMNAME, not --prop name=...');
       let klass = a.str('class') ?? 'AppVM';
       if (a.flag('standalone')) klass = 'StandaloneVM';
       if (a.flag('disp')) klass = 'DispVM';

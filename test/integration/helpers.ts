@@ -1,0 +1,434 @@
+// Integration-test plumbing: runs the real daemon (bin/bulkhead daemon) as a child process in a
+// fresh temp dir and the real qvm-* commands against it. Every process started here is tracked
+// and killed, and every temp dir removed, when the test (or suite) ends — and, as a last resort,
+// when the test process itself exits.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AdminClient } from '../../src/cli/client.js';
+
+export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..');
+export const BIN_DIR = path.join(REPO_ROOT, 'bin');
+const BULKHEAD = path.join(BIN_DIR, 'bulkhead');
+
+/** How long a daemon may take to accept connections, and a CLI call to finish. */
+const READY_TIMEOUT_MS = 15_000;
+const RUN_TIMEOUT_MS = 30_000;
+/** How long a signalled daemon may take to exit before it gets SIGKILL. */
+const EXIT_TIMEOUT_MS = 10_000;
+
+// ---------- last-resort cleanup ----------
+
+const liveChildren = new Set<ChildProcess>();
+const liveTempDirs = new Set<string>();
+
+function emergencyCleanup(): void {
+  for (const child of liveChildren) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  liveChildren.clear();
+  for (const dir of liveTempDirs) fs.rmSync(dir, { recursive: true, force: true });
+  liveTempDirs.clear();
+}
+
+process.on('exit', emergencyCleanup);
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    emergencyCleanup();
+    process.kill(process.pid, sig);
+  });
+}
+
+function track(child: ChildProcess): void {
+  liveChildren.add(child);
+  child.once('exit', () => liveChildren.delete(child));
+  child.once('error', () => liveChildren.delete(child));
+}
+
+/** A fresh directory under os.tmpdir(), removed at exit at the latest. */
+export function makeTempDir(prefix = 'bulkhead-it-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  liveTempDirs.add(dir);
+  return dir;
+}
+
+export function removeTempDir(dir: string): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+  liveTempDirs.delete(dir);
+}
+
+// ---------- running commands ----------
+
+export interface RunResult {
+  /** Exit code; -1 when the process was killed by a signal (see `signal`). */
+  readonly code: number;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface RunOptions {
+  /** Written to stdin, which is then closed (stdin is always closed). */
+  readonly input?: string;
+  /** BULKHEAD_SOCKET for the command; undefined removes it from the environment. */
+  readonly socketPath?: string;
+  readonly env?: Readonly<Record<string, string>>;
+  readonly timeoutMs?: number;
+}
+
+function childEnv(socketPath: string | undefined, extra: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  delete env.BULKHEAD_SOCKET;
+  delete env.NODE_TEST_CONTEXT;
+  delete env.NODE_OPTIONS;
+  if (socketPath !== undefined) env.BULKHEAD_SOCKET = socketPath;
+  return { ...env, ...extra };
+}
+
+/** Runs bin/<cmd> (a qvm-* link or `bulkhead`) with node, as a user would. */
+export function runCli(cmd: string, args: readonly string[] = [], opts: RunOptions = {}): Promise<RunResult> {
+  const script = path.join(BIN_DIR, cmd);
+  if (!fs.existsSync(script)) return Promise.reject(new Error(`no such command in bin/: ${cmd}`));
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [script, ...args], {
+      cwd: REPO_ROOT,
+      env: childEnv(opts.socketPath, opts.env),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    track(child);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.stdin.on('error', () => undefined); // the command may exit without reading stdin
+    child.stdin.end(opts.input ?? '');
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+    }, opts.timeoutMs ?? RUN_TIMEOUT_MS);
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({
+        code: code ?? -1,
+        signal,
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+      });
+    });
+  });
+}
+
+// ---------- daemon processes ----------
+
+export interface ExitStatus {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+export interface DaemonProcess {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  /** Settles once the process has exited and been reaped. */
+  readonly exited: Promise<ExitStatus>;
+  /** undefined while it runs. */
+  exitStatus(): ExitStatus | undefined;
+  stderr(): string;
+  stdout(): string;
+}
+
+export interface SpawnDaemonOptions {
+  readonly dataDir: string;
+  readonly socketPath: string;
+  readonly defaultQubes?: boolean;
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+/** Starts `bulkhead daemon` and returns at once (see waitForDaemon). */
+export function spawnDaemon(opts: SpawnDaemonOptions): DaemonProcess {
+  const args = [BULKHEAD, 'daemon', '--data-dir', opts.dataDir, '--socket', opts.socketPath];
+  if (opts.defaultQubes === true) args.push('--default-qubes');
+  const child = spawn(process.execPath, args, {
+    cwd: REPO_ROOT,
+    env: childEnv(undefined, opts.env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  track(child);
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout.on('data', (c: Buffer) => out.push(c));
+  child.stderr.on('data', (c: Buffer) => err.push(c));
+  let status: ExitStatus | undefined;
+  const exited = new Promise<ExitStatus>((resolve) => {
+    child.once('close', (code, signal) => {
+      status = { code, signal };
+      resolve(status);
+    });
+    child.once('error', () => {
+      status = { code: null, signal: null };
+      resolve(status);
+    });
+  });
+  if (child.pid === undefined) throw new Error('could not spawn the daemon');
+  return {
+    child,
+    pid: child.pid,
+    exited,
+    exitStatus: () => status,
+    stderr: () => Buffer.concat(err).toString('utf8'),
+    stdout: () => Buffer.concat(out).toString('utf8'),
+  };
+}
+
+/** Resolves once a connection to `socketPath` is accepted; rejects if the daemon exits first. */
+export function socketAccepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => {
+      resolve(false);
+    });
+  });
+}
+
+/**
+ * Waits until the daemon serves the Admin API on `socketPath`: the socket accepts a connection
+ * and answers admin.vm.List. Throws (with the daemon's stderr) if it exits or times out first.
+ */
+export async function waitForDaemon(proc: DaemonProcess, socketPath: string, timeoutMs = READY_TIMEOUT_MS): Promise<void> {
+  const client = new AdminClient(socketPath);
+  const deadline = Date.now() + timeoutMs;
+  let lastError = 'never reachable';
+  while (Date.now() < deadline) {
+    const status = proc.exitStatus();
+    if (status !== undefined) {
+      throw new Error(
+        `daemon exited before it was ready (code ${String(status.code)}, signal ${String(status.signal)}):\n${proc.stderr()}`,
+      );
+    }
+    if (fs.existsSync(socketPath) && (await socketAccepts(socketPath))) {
+      try {
+        await client.call({ method: 'admin.vm.List', dest: 'dom0' });
+        if (proc.exitStatus() === undefined) return;
+      } catch (err) {
+        lastError = (err as Error).message;
+      }
+    }
+    await sleep(20);
+  }
+  throw new Error(`daemon not ready after ${timeoutMs} ms (${lastError}):\n${proc.stderr()}`);
+}
+
+/** Sends `signal` and waits for the exit; escalates to SIGKILL if the process lingers. */
+export async function signalAndWait(proc: DaemonProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<ExitStatus> {
+  const done = proc.exitStatus();
+  if (done !== undefined) return done;
+  proc.child.kill(signal);
+  const timer = setTimeout(() => proc.child.kill('SIGKILL'), EXIT_TIMEOUT_MS);
+  try {
+    return await proc.exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Waits for a process expected to exit on its own; kills it and throws if it does not in time. */
+export async function exitWithin(proc: DaemonProcess, ms = READY_TIMEOUT_MS): Promise<ExitStatus> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => {
+      resolve('timeout');
+    }, ms);
+  });
+  try {
+    const result = await Promise.race([proc.exited, timedOut]);
+    if (result === 'timeout') {
+      await signalAndWait(proc, 'SIGKILL');
+      throw new Error(`process ${proc.pid} still running after ${ms} ms; killed. stderr:\n${proc.stderr()}`);
+    }
+    return result;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export interface StartOptions {
+  readonly defaultQubes?: boolean;
+  /** When given, the daemon is stopped and its temp dir removed after this test. */
+  readonly t?: TestContext;
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+/** A daemon in its own temp dir: `<tmp>/data` and `<tmp>/run/qubesd.sock`. */
+export class Daemon {
+  readonly tmpDir: string;
+  readonly dataDir: string;
+  readonly socketPath: string;
+  readonly #opts: StartOptions;
+  #proc: DaemonProcess | undefined;
+  #stopped = false;
+  /** stderr of every process this object started, in order (for diagnostics). */
+  #pastStderr = '';
+
+  constructor(opts: StartOptions = {}) {
+    this.#opts = opts;
+    this.tmpDir = makeTempDir();
+    this.dataDir = path.join(this.tmpDir, 'data');
+    this.socketPath = path.join(this.tmpDir, 'run', 'qubesd.sock');
+  }
+
+  /** The current (or last) daemon process. */
+  get proc(): DaemonProcess {
+    if (!this.#proc) throw new Error('daemon not started');
+    return this.#proc;
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  get running(): boolean {
+    return this.#proc !== undefined && this.#proc.exitStatus() === undefined;
+  }
+
+  /** Starts (or restarts, on the same data dir and socket) and waits until it serves. */
+  async start(): Promise<void> {
+    if (this.#stopped) throw new Error('daemon already stopped for good');
+    if (this.running) throw new Error('daemon already running');
+    if (this.#proc) this.#pastStderr += this.#proc.stderr();
+    this.#proc = spawnDaemon({
+      dataDir: this.dataDir,
+      socketPath: this.socketPath,
+      defaultQubes: this.#opts.defaultQubes === true,
+      ...(this.#opts.env ? { env: this.#opts.env } : {}),
+    });
+    await waitForDaemon(this.#proc, this.socketPath);
+  }
+
+  stderr(): string {
+    return this.#pastStderr + (this.#proc?.stderr() ?? '');
+  }
+
+  client(): AdminClient {
+    return new AdminClient(this.socketPath);
+  }
+
+  /** Runs a CLI command against this daemon (BULKHEAD_SOCKET set). */
+  run(cmd: string, args: readonly string[] = [], opts: Omit<RunOptions, 'socketPath'> = {}): Promise<RunResult> {
+    return runCli(cmd, args, { ...opts, socketPath: this.socketPath });
+  }
+
+  /** Signals the daemon and waits for its exit; the data dir stays (see start() to restart). */
+  async kill(signal: NodeJS.Signals = 'SIGTERM'): Promise<ExitStatus> {
+    return signalAndWait(this.proc, signal);
+  }
+
+  /** Stops the daemon (if it runs) and removes the temp dir. Idempotent; safe in after hooks. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<ExitStatus | undefined> {
+    if (this.#stopped) return this.#proc?.exitStatus();
+    this.#stopped = true;
+    try {
+      return this.#proc ? await signalAndWait(this.#proc, signal) : undefined;
+    } finally {
+      removeTempDir(this.tmpDir);
+    }
+  }
+}
+
+/** Starts a daemon in a fresh temp dir; with `t`, it is stopped after that test even on failure. */
+export async function startDaemon(opts: StartOptions = {}): Promise<Daemon> {
+  const d = new Daemon(opts);
+  opts.t?.after(async () => {
+    await d.stop();
+  });
+  try {
+    await d.start();
+  } catch (err) {
+    await d.stop('SIGKILL');
+    throw err;
+  }
+  return d;
+}
+
+/**
+ * One daemon for a whole describe block: started in before(), stopped in after() (which runs
+ * even when tests fail). Call at describe level; the returned function gives the daemon.
+ */
+export function suiteDaemon(opts: Omit<StartOptions, 't'> = {}): () => Daemon {
+  let daemon: Daemon | undefined;
+  before(async () => {
+    daemon = await startDaemon(opts);
+  });
+  after(async () => {
+    await daemon?.stop();
+  });
+  return () => {
+    if (!daemon) throw new Error('suite daemon not started');
+    return daemon;
+  };
+}
+
+// ---------- output helpers ----------
+
+/** Non-empty lines of a command's output. */
+export function lines(text: string): string[] {
+  return text.split('\n').filter((l) => l !== '');
+}
+
+/**
+ * Parses a `column -t` style table (header + rows) by the header's column positions, and checks
+ * the layout: every column of every row starts exactly where its header starts, preceded by a
+ * blank. Returns the header words and the rows as cell arrays.
+ */
+export function parseTable(text: string): { header: string[]; rows: string[][] } {
+  const all = lines(text);
+  const headerLine = all[0];
+  if (headerLine === undefined) throw new Error('empty table');
+  const starts: number[] = [];
+  const header: string[] = [];
+  for (const m of headerLine.matchAll(/\S+/g)) {
+    starts.push(m.index);
+    header.push(m[0]);
+  }
+  const rows = all.slice(1).map((line) =>
+    starts.map((start, i) => {
+      if (i > 0) {
+        if (line.length <= start || line[start - 1] !== ' ' || line[start] === ' ') {
+          throw new Error(`column ${header[i] ?? '?'} misaligned in line ${JSON.stringify(line)} (header ${JSON.stringify(headerLine)})`);
+        }
+      }
+      const end = starts[i + 1];
+      return line.slice(start, end).trimEnd();
+    }),
+  );
+  return { header, rows };
+}
+
+/** The cells of the row whose first cell is `name`. */
+export function rowOf(rows: readonly string[][], name: string): string[] | undefined {
+  return rows.find((r) => r[0] === name);
+}
+
+/** `qvm-prefs` list output → name → [flag, value]. */
+export function parsePrefsList(text: string): Map<string, { flag: string; value: string }> {
+  const map = new Map<string, { flag: string; value: string }>();
+  for (const line of lines(text)) {
+    const m = /^(\S+)\s+(\S)(?:\s+(.*))?$/.exec(line);
+    if (!m) throw new Error(`unexpected prefs line ${JSON.stringify(line)}`);
+    map.set(m[1] ?? '', { flag: m[2] ?? '', value: m[3] ?? '' });
+  }
+  return map;
+}
