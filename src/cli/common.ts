@@ -63,14 +63,20 @@ export class Parsed {
 
 /** Parses argv; throws UsageError for anything parseArgs rejects. */
 export function parse(argv: string[], options: Options): Parsed {
+  // argparse takes `-1` as a value (qvm-prefs work memory -1); parseArgs would see an option.
+  // Negative numbers are hidden behind a NUL prefix (never in real arguments) and restored after.
+  const hide = (a: string): string => (/^-[0-9]/.test(a) ? `\0${a}` : a);
+  const show = <T>(v: T): T => (typeof v === 'string' && v.startsWith('\0') ? (v.slice(1) as T) : v);
   try {
     const { values, positionals } = parseArgs({
-      args: argv,
+      args: argv.map(hide),
       options: { ...COMMON_OPTIONS, ...options },
       allowPositionals: true,
       strict: true,
     });
-    return new Parsed(values, positionals);
+    const restored: Record<string, Value> = {};
+    for (const [k, v] of Object.entries(values as Record<string, Value>)) restored[k] = Array.isArray(v) ? v.map(show) : show(v);
+    return new Parsed(restored, positionals.map(show));
   } catch (err) {
     if (err instanceof TypeError && 'code' in err) throw new UsageError(err.message.split('\n')[0] ?? err.message);
     throw err;
@@ -114,6 +120,20 @@ export async function requireDomains(client: AdminClient, names: readonly string
     if (!d) throw new UsageError(`no such domain: '${n}'`);
     return d;
   });
+}
+
+/** Runs `fn` over `items` with at most `limit` calls in flight (one Admin API connection each). */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
 }
 
 /** `column -t` layout: columns padded to their widest cell, two spaces apart. */

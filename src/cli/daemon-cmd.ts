@@ -25,6 +25,10 @@ export async function daemonMain(argv: string[]): Promise<number> {
     return 0;
   }
   const log = createLogger('bulkheadd');
+  // A bug in one request must not take down the daemon (and with it every qube's channel).
+  process.on('unhandledRejection', (reason) => {
+    log.error({ err: reason }, 'unhandled rejection');
+  });
   let daemon;
   try {
     daemon = await startDaemon({

@@ -334,6 +334,22 @@ export function formatReading(r: PropReading): string {
   return `default=${r.isDefault ? 'True' : 'False'} type=${r.type} ${formatValue(r.value)}`;
 }
 
+/** Whether a stored value has the shape of the property's type (used when loading the store). */
+export function valueFitsType(type: PropType, value: PropValue): boolean {
+  switch (type) {
+    case 'str':
+      return typeof value === 'string';
+    case 'int':
+      return typeof value === 'number' && Number.isSafeInteger(value);
+    case 'bool':
+      return typeof value === 'boolean';
+    case 'vm':
+      return value === null || typeof value === 'string';
+    case 'label':
+      return typeof value === 'string' && findLabel(value)?.name === value;
+  }
+}
+
 const TRUE_WORDS = new Set(['1', 'yes', 'true', 'on']);
 const FALSE_WORDS = new Set(['0', 'no', 'false', 'off']);
 

@@ -152,6 +152,13 @@ describe('properties', () => {
     assert.equal(r.getProp('sys-net', 'netvm').value, null, 'the failed changes left nothing behind');
   });
 
+  test("dom0's default_dispvm must stay a disposable template", () => {
+    const r = populated();
+    r.setProp('work', 'template_for_dispvms', 'True');
+    r.setProp('dom0', 'default_dispvm', 'work');
+    assert.throws(() => { r.setProp('work', 'template_for_dispvms', 'False'); }, qubesError('QubesPropertyValueError', /default_dispvm of 'dom0'/));
+  });
+
   test('reset returns a property to its default; label cannot be reset', () => {
     const r = populated();
     r.setProp('work', 'vcpus', '4');

@@ -74,7 +74,15 @@ export class Registry {
 
   /** Fires an event that is not a registry change (lifecycle events). */
   emit(e: RegistryEvent): void {
-    for (const l of [...this.#listeners]) l(e);
+    for (const l of [...this.#listeners]) {
+      try {
+        l(e);
+      } catch (err) {
+        // A listener (an event stream) failing must not undo a committed change nor starve the
+        // other listeners.
+        process.emitWarning(`event listener failed on ${e.event}: ${String(err)}`);
+      }
+    }
   }
 
   #change<T>(fn: (d: Draft) => T): T {
@@ -266,6 +274,15 @@ export class Registry {
     if (newName === q.name) return;
     if (d.s.qubes.has(newName)) throw new QubesError('QubesVMAlreadyExistsError', `Qube already exists: ${newName}`);
     const oldName = q.name;
+    const busy = [...d.s.qubes.values()].filter(
+      (o) => o.klass !== 'AdminVM' && REF_PROPS.some((p) => refValue(d.s, o, p) === oldName) && !this.#isHalted(o.name),
+    );
+    if (busy.length > 0) {
+      throw new QubesError(
+        'QubesVMInUseError',
+        `Cannot rename '${oldName}' while qubes that use it are running: ${busy.map((o) => o.name).join(', ')}`,
+      );
+    }
     d.s.qubes.delete(oldName);
     q.name = newName;
     d.s.qubes.set(newName, q);
@@ -275,11 +292,12 @@ export class Registry {
     for (const [prop, value] of d.s.globals) {
       if (GLOBAL_PROPS.get(prop)?.type === 'vm' && value === oldName) d.s.globals.set(prop, newName);
     }
-    d.events.push({
-      subject: newName,
-      event: 'property-set:name',
-      kwargs: [['name', 'name'], ['newvalue', newName], ['oldvalue', oldName]],
-    });
+    // Clients cache the qube list and refresh it on domain-add / domain-delete.
+    d.events.push(
+      { subject: '', event: 'domain-delete', kwargs: [['vm', oldName]] },
+      { subject: '', event: 'domain-add', kwargs: [['vm', newName]] },
+      { subject: newName, event: 'property-set:name', kwargs: [['name', 'name'], ['newvalue', newName], ['oldvalue', oldName]] },
+    );
   }
 
   // ---------- global properties ----------
@@ -440,6 +458,13 @@ export function validateIntegrity(s: RegistryState): void {
   for (const q of s.qubes.values()) {
     if (qids.has(q.qid)) throw new QubesError('QubesException', `Duplicate qid ${q.qid}`);
     qids.add(q.qid);
+    const dvm = refValue(s, q, 'default_dispvm');
+    if (dvm !== null && !(q.klass === 'DispVM' && q.props.get('default_dispvm') === undefined)) {
+      const target = s.qubes.get(dvm);
+      if (!target || !boolValue(s, target, 'template_for_dispvms')) {
+        throw propertyValueError(`default_dispvm of '${q.name}' would be '${dvm}', which is not a disposable template`);
+      }
+    }
     if (q.klass === 'AdminVM') {
       if (q.name !== 'dom0') throw new QubesError('QubesException', 'Only dom0 may be an AdminVM');
       continue;
@@ -459,13 +484,6 @@ export function validateIntegrity(s: RegistryState): void {
       const target = s.qubes.get(netvm);
       if (!target || target.klass === 'AdminVM' || !boolValue(s, target, 'provides_network')) {
         throw propertyValueError(`netvm of '${q.name}' would be '${netvm}', which does not provide network`);
-      }
-    }
-    const dvm = refValue(s, q, 'default_dispvm');
-    if (dvm !== null && q.klass !== 'DispVM') {
-      const target = s.qubes.get(dvm);
-      if (!target || !boolValue(s, target, 'template_for_dispvms')) {
-        throw propertyValueError(`default_dispvm of '${q.name}' would be '${dvm}', which is not a disposable template`);
       }
     }
   }

@@ -66,6 +66,8 @@ describe('store', () => {
       JSON.stringify({ format: 'bulkhead-registry', version: 2, globals: [], qubes: [] }),
       serialize(r.state).replace('"label"', '"bogus_property"'),
       serialize(r.state).replace('"klass": "AdminVM"', '"klass": "AppVM"'),
+      serialize(r.state).replace(/("memory",\s*)800/, '$1"lots"'),
+      serialize(r.state).replace('"blue"', '"pink"'),
     ];
     for (const garbage of cases) {
       fs.writeFileSync(path.join(dir, STORE_FILE), garbage);

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { QUBE_CLASSES, type PropValue, type QubeRecord, type RegistryState } from './model.js';
 import { isValidFeatureName, isValidTag, qubeNameProblem } from './names.js';
-import { GLOBAL_PROPS, propDefFor } from './properties.js';
+import { GLOBAL_PROPS, propDefFor, valueFitsType } from './properties.js';
 import { validateIntegrity } from './registry.js';
 
 export const STORE_FILE = 'qubes.json';
@@ -79,7 +79,11 @@ export function deserialize(text: string, where: string): RegistryState {
     if (qubes.has(rq.name)) throw new StoreError(`${where}: qube '${rq.name}' appears twice`);
     const props = new Map<string, PropValue>();
     for (const [k, v] of rq.props) {
-      if (!propDefFor(rq.klass, k)) throw new StoreError(`${where}: qube '${rq.name}' has unknown property '${k}'`);
+      const def = propDefFor(rq.klass, k);
+      if (!def) throw new StoreError(`${where}: qube '${rq.name}' has unknown property '${k}'`);
+      if (!valueFitsType(def.type, v)) {
+        throw new StoreError(`${where}: property '${k}' of qube '${rq.name}' is not a valid ${def.type}: ${JSON.stringify(v)}`);
+      }
       props.set(k, v);
     }
     qubes.set(rq.name, {
@@ -95,7 +99,11 @@ export function deserialize(text: string, where: string): RegistryState {
   }
   const globals = new Map<string, PropValue>();
   for (const [k, v] of parsed.data.globals) {
-    if (!GLOBAL_PROPS.has(k)) throw new StoreError(`${where}: unknown global property '${k}'`);
+    const def = GLOBAL_PROPS.get(k);
+    if (!def) throw new StoreError(`${where}: unknown global property '${k}'`);
+    if (!valueFitsType(def.type, v)) {
+      throw new StoreError(`${where}: global property '${k}' is not a valid ${def.type}: ${JSON.stringify(v)}`);
+    }
     globals.set(k, v);
   }
   const state: RegistryState = { qubes, globals };

@@ -58,6 +58,24 @@ function exc(type: string, message: string): Buffer {
   return Buffer.from(`2\0${type}\0\0${message}\0`, 'utf8');
 }
 
+test('the daemon refuses to replace a file that is not a socket, and releases its lock', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bulkhead-api-'));
+  try {
+    const notSocket = path.join(dir, 'important.txt');
+    fs.writeFileSync(notSocket, 'keep me');
+    const dataDir = path.join(dir, 'data');
+    await assert.rejects(
+      startDaemon({ dataDir, socketPath: notSocket, log: silentLogger() }),
+      /exists and is not a socket; refusing to replace it/,
+    );
+    assert.equal(fs.readFileSync(notSocket, 'utf8'), 'keep me');
+    const d = await startDaemon({ dataDir, socketPath: path.join(dir, 'ok.sock'), log: silentLogger() });
+    await d.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 describe('Admin API wire format (golden bytes)', () => {
   let h: Harness;
   before(async () => {
@@ -312,6 +330,60 @@ describe('lifecycle through the HAL', () => {
       assert.deepEqual(await raw(h.socket, req('admin.vm.Kill', 'net')), exc('QubesVMNotStartedError', "Domain is powered off: 'net'"));
     } finally {
       events.close();
+      await dispose(h);
+    }
+  });
+
+  test('a running qube stays where it runs when its template switches backend', async () => {
+    const container = new FakeBackend();
+    const vm = new FakeBackend({ kind: 'vm' });
+    const h = await harness(new Map<BackendKind, HypervisorBackend>([['container', container], ['vm', vm]]));
+    try {
+      await raw(h.socket, req('admin.vm.Start', 'work'));
+      assert.deepEqual(await raw(h.socket, req('admin.vm.property.Set', 'debian-12', 'vm', 'backend')), ok(''));
+      assert.deepEqual(await raw(h.socket, req('admin.vm.property.Get', 'work', '', 'backend')), ok('default=True type=str vm'));
+      assert.match((await raw(h.socket, req('admin.vm.List', 'work'))).toString(), /state=Running/);
+      assert.deepEqual(await raw(h.socket, req('admin.vm.Remove', 'work')), exc('QubesVMNotHaltedError', "Domain is not powered off: 'work'"));
+      assert.deepEqual(await raw(h.socket, req('admin.vm.Kill', 'work')), ok(''));
+      assert.equal(container.state('work'), 'Halted', 'the kill went to the backend that ran it');
+      await raw(h.socket, req('admin.vm.Start', 'work'));
+      assert.equal(vm.state('work'), 'Running', 'the next start uses the new backend');
+    } finally {
+      await dispose(h);
+    }
+  });
+
+  test('renames: refused while qubes using it run; clients see delete + add; per-qube streams follow', async () => {
+    const fake = new FakeBackend();
+    const h = await harness(new Map([['container', fake]]));
+    const all = new EventReader(h.socket);
+    const mine = new EventReader(h.socket, 'personal');
+    try {
+      await all.until('connection-established');
+      await mine.until('connection-established');
+      await raw(h.socket, req('admin.vm.Start', 'work'));
+      assert.deepEqual(
+        await raw(h.socket, req('admin.vm.property.Set', 'debian-12', 'deb', 'name')),
+        exc('QubesVMInUseError', "Cannot rename 'debian-12' while qubes that use it are running: work"),
+      );
+      assert.deepEqual(await raw(h.socket, req('admin.vm.property.Set', 'personal', 'private', 'name')), ok(''));
+      await all.until('1\0\0domain-delete\0vm\0personal\0\0');
+      await all.until('1\0\0domain-add\0vm\0private\0\0');
+      await raw(h.socket, req('admin.vm.tag.Set', 'private', '', 'after'));
+      await mine.until('1\0private\0domain-tag-add:after\0tag\0after\0\0');
+    } finally {
+      all.close();
+      mine.close();
+      await dispose(h);
+    }
+  });
+
+  test('pausing a halted qube and removing dom0 answer the Qubes error types', async () => {
+    const h = await harness(new Map([['container', new FakeBackend()]]));
+    try {
+      assert.deepEqual(await raw(h.socket, req('admin.vm.Pause', 'work')), exc('QubesVMNotRunningError', "Domain not running (either powered off or paused): 'work'"));
+      assert.deepEqual(await raw(h.socket, req('admin.vm.Remove', 'dom0')), exc('QubesVMInUseError', "'dom0' cannot be removed"));
+    } finally {
       await dispose(h);
     }
   });

@@ -21,6 +21,8 @@ export class Lifecycle {
   /** Starts in flight, so concurrent starts of one qube share the work. */
   readonly #starting = new Map<string, Promise<void>>();
   readonly #unsubscribers: (() => void)[] = [];
+  /** uuid → the backend running that qube. */
+  readonly #placement = new Map<string, HypervisorBackend>();
 
   constructor(registry: Registry, backends: ReadonlyMap<BackendKind, HypervisorBackend>, log: Logger) {
     this.#registry = registry;
@@ -42,8 +44,18 @@ export class Lifecycle {
     return kind === 'vm' ? 'vm' : 'container';
   }
 
-  #backend(q: QubeRecord): HypervisorBackend | undefined {
-    return this.#backends.get(this.#backendKind(q));
+  /**
+   * The backend a qube was started with, while it runs. A qube's effective `backend` can change
+   * under it (inherited from its template), so a running qube is always asked about where it
+   * really runs, never where it would start next.
+   */
+  #placed(q: QubeRecord): HypervisorBackend | undefined {
+    const backend = this.#placement.get(q.uuid);
+    if (backend && backend.state(q.name) === 'Halted') {
+      this.#placement.delete(q.uuid);
+      return undefined;
+    }
+    return backend;
   }
 
   powerState(name: string): PowerState {
@@ -51,14 +63,14 @@ export class Lifecycle {
     if (!q) return 'Halted';
     if (q.klass === 'AdminVM') return 'Running';
     if (this.#starting.has(name)) return 'Transient';
-    return this.#backend(q)?.state(name) ?? 'Halted';
+    return this.#placed(q)?.state(name) ?? 'Halted';
   }
 
   /** `mem=<KiB> mem_static_max=<KiB> cputime=<n> power_state=<State>` */
   currentState(q: QubeRecord): string {
     const state = this.powerState(q.name);
     if (q.klass === 'AdminVM' || state === 'Halted') return `mem=0 mem_static_max=0 cputime=0 power_state=${state}`;
-    const stats = this.#backend(q)?.stats(q.name);
+    const stats = this.#placed(q)?.stats(q.name);
     const maxmem = qubeValue(this.#registry.state, q, 'maxmem');
     const staticMax = typeof maxmem === 'number' ? maxmem * 1024 : 0;
     return `mem=${stats?.memKiB ?? 0} mem_static_max=${staticMax} cputime=${stats?.cpuTimeNs ?? 0} power_state=${state}`;
@@ -87,8 +99,10 @@ export class Lifecycle {
       // A qube needs its network provider running first.
       const netvm = refValue(s, q, 'netvm');
       if (netvm !== null) await this.start(netvm);
+      this.#placement.set(q.uuid, backend);
       await backend.start(this.#launchSpec(q));
     } catch (err) {
+      if (backend?.state(q.name) === 'Halted') this.#placement.delete(q.uuid);
       const reason = err instanceof QubesError ? err.message : (err as Error).message;
       this.#registry.emit({ subject: q.name, event: 'domain-start-failed', kwargs: [['reason', reason]] });
       this.#log.warn({ qube: q.name, reason }, 'start failed');
@@ -127,8 +141,8 @@ export class Lifecycle {
     if (q.klass === 'AdminVM') {
       throw new QubesError('QubesVMError', `The AdminVM '${q.name}' cannot be controlled this way`);
     }
-    const backend = this.#backend(q);
-    if (!backend || backend.state(q.name) === 'Halted') {
+    const backend = this.#placed(q);
+    if (!backend) {
       throw new QubesError('QubesVMNotStartedError', `Domain is powered off: '${q.name}'`);
     }
     return { q, backend };
@@ -163,8 +177,9 @@ export class Lifecycle {
     })();
     if (!opts.wait) {
       job.catch((err: unknown) => {
-        this.#log.warn({ qube: q.name, err: (err as Error).message }, 'shutdown failed');
-        this.#registry.emit({ subject: q.name, event: 'domain-shutdown-failed', kwargs: [['reason', (err as Error).message]] });
+        const reason = err instanceof Error ? err.message : String(err);
+        this.#log.warn({ qube: q.name, reason }, 'shutdown failed');
+        this.#registry.emit({ subject: q.name, event: 'domain-shutdown-failed', kwargs: [['reason', reason]] });
       });
       return;
     }
@@ -187,6 +202,9 @@ export class Lifecycle {
   }
 
   async pause(name: string): Promise<void> {
+    if (this.powerState(this.#registry.resolve(name).name) === 'Halted') {
+      throw new QubesError('QubesVMNotRunningError', `Domain not running (either powered off or paused): '${name}'`);
+    }
     const { q, backend } = this.#runningBackend(name);
     if (backend.state(q.name) !== 'Running') {
       throw new QubesError('QubesVMNotRunningError', `Domain not running (either powered off or paused): '${q.name}'`);

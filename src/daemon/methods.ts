@@ -147,7 +147,7 @@ const METHOD_LIST: readonly MethodDecl[] = [
       },
     }),
   ),
-  { name: 'admin.vm.Remove', scope: 'write', dest: 'vm', arg: 'none', payload: 'none',
+  { name: 'admin.vm.Remove', scope: 'write', dest: 'any', arg: 'none', payload: 'none',
     help: 'Removes a halted qube nothing depends on.', handler: (c) => { c.registry.remove(c.dest.name); return undefined; } },
   ...propertyMethods('admin.vm.property', 'any', false),
   ...propertyMethods('admin.property', 'adminvm', true),
@@ -198,10 +198,11 @@ const METHOD_LIST: readonly MethodDecl[] = [
   { name: 'admin.Events', scope: 'read', dest: 'any', arg: 'none', payload: 'none',
     help: 'Event stream: `connection-established`, then every event (of the destination qube only, unless dom0).',
     stream: (c, sink) => {
-      const only = c.dest.klass === 'AdminVM' ? undefined : c.dest.name;
+      // Follow the qube by uuid: a rename must not silence its stream.
+      const only = c.dest.klass === 'AdminVM' ? undefined : c.dest.uuid;
       sink({ subject: '', event: 'connection-established', kwargs: [] });
       return c.registry.subscribe((e) => {
-        if (only === undefined || e.subject === only) sink(e);
+        if (only === undefined || c.registry.state.qubes.get(e.subject)?.uuid === only) sink(e);
       });
     } },
 ];

@@ -22,6 +22,8 @@ import { METHODS, type CallContext, type MethodDecl } from './methods.js';
 
 /** A client must finish sending its request (half-close) within this time. */
 const REQUEST_TIMEOUT_MS = 30_000;
+/** Connections beyond this are refused by the kernel-side accept loop (node drops them). */
+const MAX_CONNECTIONS = 1024;
 /** An event stream client that lets this much pile up unread is disconnected. */
 const MAX_PENDING_EVENT_BYTES = 4 * 1024 * 1024;
 
@@ -44,12 +46,15 @@ export class AdminServer {
     this.#server = net.createServer({ allowHalfOpen: true }, (socket) => {
       this.#handle(socket);
     });
+    this.#server.maxConnections = MAX_CONNECTIONS;
   }
 
   /** Listens on `socketPath` (root-owned, mode 0660), refusing to steal a live daemon's socket. */
   async listen(socketPath: string): Promise<void> {
     fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-    if (fs.existsSync(socketPath)) {
+    const existing = fs.lstatSync(socketPath, { throwIfNoEntry: false });
+    if (existing) {
+      if (!existing.isSocket()) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
       if (await socketIsLive(socketPath)) {
         throw new Error(`another daemon is listening on ${socketPath}`);
       }
@@ -92,10 +97,12 @@ export class AdminServer {
     socket.on('close', () => this.#sockets.delete(socket));
     socket.on('error', () => socket.destroy());
     const acc = new RequestAccumulator();
-    socket.setTimeout(REQUEST_TIMEOUT_MS, () => {
+    // A deadline, not an idle timer: trickling bytes does not keep a connection alive.
+    const deadline = setTimeout(() => {
       this.#deps.log.warn('request not completed in time; connection aborted');
       socket.destroy();
-    });
+    }, REQUEST_TIMEOUT_MS);
+    socket.on('close', () => { clearTimeout(deadline); });
     socket.on('data', (untrustedChunk: Buffer) => {
       if (!acc.push(untrustedChunk)) {
         this.#deps.log.warn('request over 64 KiB; connection aborted');
@@ -103,7 +110,7 @@ export class AdminServer {
       }
     });
     socket.on('end', () => {
-      socket.setTimeout(0);
+      clearTimeout(deadline);
       if (acc.overflowed) return;
       let req: AdminRequest;
       try {

@@ -14,8 +14,9 @@ async function ok(d: Daemon, cmd: string, args: readonly string[], input?: strin
 }
 
 async function exists(d: Daemon, name: string): Promise<boolean> {
+  // Like every Qubes tool, qvm-check treats an unknown qube name as a usage error (exit 2).
   const r = await d.run('qvm-check', ['-q', name]);
-  assert.ok(r.code === 0 || r.code === 1, `qvm-check exited ${r.code}: ${r.stderr}`);
+  assert.ok(r.code === 0 || r.code === 2, `qvm-check exited ${r.code}: ${r.stderr}`);
   return r.code === 0;
 }
 
@@ -290,6 +291,10 @@ void describe('qvm-prefs and qubes-prefs', () => {
     const range = await d.run('qvm-prefs', ['work', 'memory', '1']);
     assert.equal(range.code, 1);
     assert.match(range.stderr, /between/);
+    // A negative number is a value, not an option (as with argparse).
+    const negative = await d.run('qvm-prefs', ['work', 'memory', '-1']);
+    assert.equal(negative.code, 1, negative.stderr);
+    assert.match(negative.stderr, /between 32 and .* got -1/);
     const ro = await d.run('qvm-prefs', ['work', 'qid', '77']);
     assert.equal(ro.code, 1);
     assert.match(ro.stderr, /read-only/);
@@ -605,13 +610,14 @@ void describe('power commands without an isolation backend', () => {
     assert.equal(notRunning.code, 1);
     assert.equal(notRunning.stdout, 'work: is not running\n');
     const missing = await d.run('qvm-check', ['no-such-qube']);
-    assert.equal(missing.code, 1);
-    assert.equal(missing.stdout, 'no-such-qube: does not exist\n');
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /no such domain: 'no-such-qube'/);
     const quiet = await d.run('qvm-check', ['-q', 'no-such-qube']);
-    assert.equal(quiet.code, 1);
+    assert.equal(quiet.code, 2);
     assert.equal(quiet.stdout, '');
     const mixed = await d.run('qvm-check', ['work', 'no-such-qube']);
-    assert.equal(mixed.code, 1);
+    assert.equal(mixed.code, 2);
+    assert.equal(mixed.stdout, '', 'nothing is checked when a name is unknown');
     assert.equal((await d.run('qvm-check', ['--template', 'debian-12'])).code, 0);
     assert.equal((await d.run('qvm-check', ['--template', 'work'])).code, 1);
     assert.equal((await d.run('qvm-check', [])).code, 2);

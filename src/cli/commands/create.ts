@@ -1,6 +1,7 @@
 // qvm-create, qvm-clone, qvm-remove. A failed create or clone removes what it made, so no
 // half-configured qube is left behind.
 import { createInterface } from 'node:readline/promises';
+import { qubeNameProblem } from '../../core/names.js';
 import { RemoteError, type AdminClient } from '../client.js';
 import {
   UsageError,
@@ -80,6 +81,11 @@ export const qvmCreate: Command = {
       if (label === undefined) throw new UsageError('--label option is mandatory');
       const available = await labels(a.client);
       if (!available.includes(label)) throw new UsageError(`no such label: '${label}'; available: ${available.join(', ')}`);
+      const nameProblem = qubeNameProblem(name);
+      if (nameProblem !== undefined) {
+        process.stderr.write(`Error creating VM: ${nameProblem}\n`);
+        return 1;
+      }
       const template = a.str('template');
       if (template !== undefined && (matched === 'TemplateVM' || matched === 'StandaloneVM')) {
         throw new UsageError(
@@ -127,7 +133,12 @@ export const qvmClone: Command = {
       if (extra.length > 0) throw new UsageError(`unrecognized arguments: ${extra.join(' ')}`);
       const [source] = await requireDomains(a.client, [src]);
       if (!source || source.klass === 'AdminVM') throw new UsageError('cannot clone the AdminVM');
-      const klass = a.str('class') ?? source.klass;
+      const wanted = a.str('class') ?? source.klass;
+      const known = await classes(a.client);
+      const klass = known.find((c) => c.toLowerCase() === wanted.toLowerCase() && c !== 'AdminVM');
+      if (klass === undefined) throw new UsageError(`no such class: '${wanted}'`);
+      const problem = qubeNameProblem(dst);
+      if (problem !== undefined) throw new UsageError(`invalid name '${dst}': ${problem}`);
       const props = parseGetAll(await a.client.call({ method: 'admin.vm.property.GetAll', dest: src }));
       const label = a.str('label') ?? props.get('label')?.value ?? 'red';
       const template = props.get('template');

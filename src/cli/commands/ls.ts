@@ -1,9 +1,10 @@
 // qvm-ls: list qubes as Qubes does — one admin.vm.List, then one GetAll per listed qube.
-import type { AdminClient } from '../client.js';
+import { RemoteError, type AdminClient } from '../client.js';
 import {
   UsageError,
   formatTable,
   listDomains,
+  mapLimit,
   out,
   parse,
   parseGetAll,
@@ -144,7 +145,16 @@ export const qvmLs: Command = {
       );
       const wantTags = a.strs('tags');
       const needTags = wantTags.length > 0 || columns.includes('tags');
-      let rows = await Promise.all(domains.map((d) => fetchRow(a.client, d, needTags)));
+      // A qube removed while we list it is skipped, as Qubes does.
+      const fetched = await mapLimit(domains, 16, async (d) => {
+        try {
+          return await fetchRow(a.client, d, needTags);
+        } catch (err) {
+          if (err instanceof RemoteError && err.type === 'QubesVMNotFoundError') return undefined;
+          throw err;
+        }
+      });
+      let rows = fetched.filter((r): r is Row => r !== undefined);
       if (wantTags.length > 0) rows = rows.filter((r) => r.tags.some((t) => wantTags.includes(t)));
 
       if (a.flag('raw-list')) {

@@ -4,6 +4,7 @@ import {
   UsageError,
   errorLine,
   listDomains,
+  mapLimit,
   out,
   parse,
   printHelp,
@@ -42,8 +43,7 @@ export const qvmStart: Command = {
       const a = parse(argv, { 'skip-if-running': { type: 'boolean' } });
       if (a.flag('help')) return printHelp(this, prog);
       const domains = await targets(a.client, a.positionals, false, []);
-      const results = await Promise.all(
-        domains.map(async (d) => {
+      const results = await mapLimit(domains, 16, async (d) => {
           try {
             const state = await currentState(a.client, d.name);
             if (state !== 'Halted' && state !== 'NA') {
@@ -58,12 +58,56 @@ export const qvmStart: Command = {
             process.stderr.write(`Error: Starting qube failed: ${d.name}: ${err.message}\n`);
             return false;
           }
-        }),
-      );
+      });
       return results.every(Boolean) ? 0 : 1;
     });
   },
 };
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** A netvm stays "in use" until the qubes behind it are down: retry for this long. */
+const IN_USE_RETRIES = 40;
+const IN_USE_DELAY_MS = 250;
+
+/**
+ * Shuts one qube down as Qubes' qvm-shutdown does: "in use" (a netvm whose clients are still
+ * stopping) is retried; a server-side timeout is retried once, then the qube is killed. With
+ * --timeout the client keeps the clock: no-wait shutdown, poll, kill at the deadline.
+ */
+async function shutdownOne(
+  client: AdminClient,
+  vm: string,
+  opts: { force: boolean; wait: boolean; timeout: number | undefined },
+): Promise<void> {
+  const wait = opts.wait && opts.timeout === undefined;
+  const arg = [opts.force ? 'force' : '', wait ? 'wait' : ''].filter((x) => x !== '').join('+');
+  let timeouts = 0;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await client.call({ method: 'admin.vm.Shutdown', dest: vm, arg });
+      break;
+    } catch (err) {
+      if (err instanceof RemoteError && err.type === 'QubesVMInUseError' && attempt < IN_USE_RETRIES) {
+        await sleep(IN_USE_DELAY_MS);
+        continue;
+      }
+      if (err instanceof RemoteError && err.type === 'QubesVMShutdownTimeoutError') {
+        if (++timeouts < 2) continue;
+        await client.call({ method: 'admin.vm.Kill', dest: vm });
+        return;
+      }
+      throw err;
+    }
+  }
+  if (opts.timeout === undefined) return;
+  const deadline = Date.now() + opts.timeout * 1000;
+  while (Date.now() < deadline) {
+    if ((await currentState(client, vm)) === 'Halted') return;
+    await sleep(100);
+  }
+  process.stderr.write(`${vm}: not halted after ${opts.timeout}s; killing\n`);
+  await client.call({ method: 'admin.vm.Kill', dest: vm });
+}
 
 export const qvmShutdown: Command = {
   name: 'qvm-shutdown',
@@ -88,32 +132,17 @@ export const qvmShutdown: Command = {
       const domains = await targets(a.client, a.positionals, a.flag('all'), exclude);
       // Qubes: --all without --exclude shuts everything down, netvms included, so it forces.
       const force = a.flag('force') || (a.flag('all') && exclude.length === 0);
-      const wait = a.flag('wait') || timeout !== undefined;
-      const arg = [force ? 'force' : '', wait ? 'wait' : ''].filter((x) => x !== '').join('+');
-      const failures = await Promise.all(
-        domains.map(async (d) => {
-          try {
-            const call = a.client.call({ method: 'admin.vm.Shutdown', dest: d.name, arg });
-            if (timeout === undefined) await call;
-            else {
-              const timedOut = await Promise.race([
-                call.then(() => false),
-                new Promise<boolean>((r) => setTimeout(() => { r(true); }, timeout * 1000).unref()),
-              ]);
-              if (timedOut) {
-                process.stderr.write(`${d.name}: shutdown timed out after ${timeout}s; killing\n`);
-                await a.client.call({ method: 'admin.vm.Kill', dest: d.name }).catch(() => undefined);
-              }
-            }
-            return 0;
-          } catch (err) {
-            if (err instanceof RemoteError && NOT_STARTED.has(err.type)) return 0;
-            if (!(err instanceof Error)) throw err;
-            process.stderr.write(`Error: Failed to shut down: ${d.name}: ${err.message}\n`);
-            return 1;
-          }
-        }),
-      );
+      const failures = await mapLimit(domains, 16, async (d) => {
+        try {
+          await shutdownOne(a.client, d.name, { force, wait: a.flag('wait'), timeout });
+          return 0;
+        } catch (err) {
+          if (err instanceof RemoteError && NOT_STARTED.has(err.type)) return 0;
+          if (!(err instanceof Error)) throw err;
+          process.stderr.write(`Error: Failed to shut down: ${d.name}: ${err.message}\n`);
+          return 1;
+        }
+      });
       return Math.min(failures.reduce<number>((x, y) => x + y, 0), 1);
     });
   },
@@ -170,15 +199,16 @@ export const qvmCheck: Command = {
       const byName = new Map(all.map((d) => [d.name, d]));
       const names = a.flag('all') ? all.map((d) => d.name) : a.positionals;
       if (names.length === 0) throw new UsageError('one of the arguments --all VMNAME is required');
+      const unknown = names.find((n) => !byName.has(n));
+      if (unknown !== undefined) throw new UsageError(`no such domain: '${unknown}'`);
       const quiet = a.flag('quiet');
       let ok = true;
       for (const name of names) {
         const d = byName.get(name);
         let verdict: string;
         let pass: boolean;
-        if (!d) {
-          [verdict, pass] = ['does not exist', false];
-        } else if (a.flag('running')) {
+        if (!d) continue;
+        if (a.flag('running')) {
           pass = d.state === 'Running';
           verdict = pass ? 'is running' : 'is not running';
         } else if (a.flag('paused')) {
