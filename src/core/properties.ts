@@ -354,7 +354,11 @@ const TRUE_WORDS = new Set(['1', 'yes', 'true', 'on']);
 const FALSE_WORDS = new Set(['0', 'no', 'false', 'off']);
 
 /** Parses an untrusted Set payload by the property's type. Existence/class checks come after. */
-export function parseValue<H>(def: PropDef<H>, holderName: string, untrustedValue: string): PropValue {
+export function parseValue(
+  def: Pick<PropDef<unknown>, 'name' | 'type' | 'allowNone'>,
+  holderName: string,
+  untrustedValue: string,
+): PropValue {
   if (!/^[\x20-\x7e]*$/.test(untrustedValue)) {
     throw propertyValueError(`Invalid value for property '${def.name}' of ${holderName}: only printable ASCII allowed`);
   }
