@@ -5,10 +5,6 @@
 export const QUBE_CLASSES = ['AppVM', 'TemplateVM', 'StandaloneVM', 'AdminVM', 'DispVM'] as const;
 export type QubeClass = (typeof QUBE_CLASSES)[number];
 
-export function isQubeClass(untrusted: string): untrusted is QubeClass {
-  return (QUBE_CLASSES as readonly string[]).includes(untrusted);
-}
-
 /** A stored property value: str, int, bool; vm references by name (null = None); label by name. */
 export type PropValue = string | number | boolean | null;
 

@@ -112,6 +112,7 @@ export class Lifecycle {
   }
 
   #launchSpec(q: QubeRecord): QubeLaunchSpec {
+    if (q.klass === 'AdminVM') throw vmNotFound(q.name);
     const s = this.#registry.state;
     const num = (prop: string, fallback: number): number => {
       const v = qubeValue(s, q, prop);
@@ -120,7 +121,6 @@ export class Lifecycle {
     let root: QubeRecord | undefined = templateOf(s, q);
     // A disposable's template is an AppVM; its root comes from that AppVM's template.
     if (root && root.klass !== 'TemplateVM') root = templateOf(s, root);
-    if (q.klass === 'AdminVM') throw vmNotFound(q.name);
     const user = qubeValue(s, q, 'default_user');
     return {
       name: q.name,
