@@ -113,7 +113,11 @@ export async function listDomains(client: AdminClient): Promise<DomainInfo[]> {
 
 /** Checks the named qubes exist (one admin.vm.List), as Qubes' argument parser does: exit 2. */
 export async function requireDomains(client: AdminClient, names: readonly string[]): Promise<DomainInfo[]> {
-  const all = await listDomains(client);
+  return pickDomains(await listDomains(client), names);
+}
+
+/** The named qubes out of an admin.vm.List answer; an unknown name is a usage error. */
+export function pickDomains(all: readonly DomainInfo[], names: readonly string[]): DomainInfo[] {
   const byName = new Map(all.map((d) => [d.name, d]));
   return names.map((n) => {
     const d = byName.get(n);

@@ -220,8 +220,7 @@ export class Registry {
 
   setProp(name: string, prop: string, untrustedValue: string): void {
     this.#change((d) => {
-      const q = d.s.qubes.get(this.resolve(name).name);
-      if (!q) throw vmNotFound(name);
+      const q = draftQube(d, this.resolve(name));
       const def = this.#def(q, prop);
       if (prop === 'name') {
         this.#rename(d, q, untrustedValue);
@@ -245,8 +244,7 @@ export class Registry {
 
   resetProp(name: string, prop: string): void {
     this.#change((d) => {
-      const q = d.s.qubes.get(this.resolve(name).name);
-      if (!q) throw vmNotFound(name);
+      const q = draftQube(d, this.resolve(name));
       const def = this.#def(q, prop);
       if (def.access !== 'rw' || def.intrinsic) throw propertyValueError(`Property '${prop}' of ${q.name} cannot be reset`);
       if (prop === 'label' || (prop === 'template' && q.props.has('template'))) {
@@ -382,8 +380,7 @@ export class Registry {
     if (!isValidFeatureName(untrustedFeature)) throw new ProtocolError('invalid feature name');
     if (!isValidFeatureValue(untrustedValue)) throw new ProtocolError('feature value must be printable ASCII');
     this.#change((d) => {
-      const q = d.s.qubes.get(this.resolve(name).name);
-      if (!q) throw vmNotFound(name);
+      const q = draftQube(d, this.resolve(name));
       const old = q.features.get(untrustedFeature);
       q.features.set(untrustedFeature, untrustedValue);
       const kwargs: [string, string][] = [['feature', untrustedFeature], ['value', untrustedValue]];
@@ -394,8 +391,7 @@ export class Registry {
 
   featureRemove(name: string, feature: string): void {
     this.#change((d) => {
-      const q = d.s.qubes.get(this.resolve(name).name);
-      if (!q) throw vmNotFound(name);
+      const q = draftQube(d, this.resolve(name));
       if (!q.features.delete(feature)) throw featureNotFound(q.name, feature);
       d.events.push({ subject: q.name, event: `domain-feature-delete:${feature}`, kwargs: [['feature', feature]] });
     });
@@ -408,7 +404,7 @@ export class Registry {
     const q = this.resolve(name);
     if (q.tags.has(untrustedTag)) return;
     this.#change((d) => {
-      d.s.qubes.get(q.name)?.tags.add(untrustedTag);
+      draftQube(d, q).tags.add(untrustedTag);
       d.events.push({ subject: q.name, event: `domain-tag-add:${untrustedTag}`, kwargs: [['tag', untrustedTag]] });
     });
   }
@@ -417,7 +413,7 @@ export class Registry {
     const q = this.resolve(name);
     if (!q.tags.has(tag)) throw new QubesError('QubesTagNotFoundError', `Tag not set for domain ${q.name}: ${tag}`);
     this.#change((d) => {
-      d.s.qubes.get(q.name)?.tags.delete(tag);
+      draftQube(d, q).tags.delete(tag);
       d.events.push({ subject: q.name, event: `domain-tag-delete:${tag}`, kwargs: [['tag', tag]] });
     });
   }
@@ -430,11 +426,17 @@ export class Registry {
       throw new QubesError('QubesNotesError', 'Notes may not contain control characters');
     }
     this.#change((d) => {
-      const q = d.s.qubes.get(this.resolve(name).name);
-      if (!q) throw vmNotFound(name);
+      const q = draftQube(d, this.resolve(name));
       q.notes = untrustedNotes;
     });
   }
+}
+
+/** The draft's copy of a qube resolved in the live state (same name: renames happen in drafts). */
+function draftQube(d: Draft, live: QubeRecord): QubeRecord {
+  const q = d.s.qubes.get(live.name);
+  if (!q) throw vmNotFound(live.name);
+  return q;
 }
 
 function featureNotFound(name: string, feature: string): QubesError {

@@ -22,7 +22,7 @@ import { METHODS, type CallContext, type MethodDecl } from './methods.js';
 
 /** A client must finish sending its request (half-close) within this time. */
 const REQUEST_TIMEOUT_MS = 30_000;
-/** Connections beyond this are refused by the kernel-side accept loop (node drops them). */
+/** Node closes connections accepted beyond this many open ones. */
 const MAX_CONNECTIONS = 1024;
 /** An event stream client that lets this much pile up unread is disconnected. */
 const MAX_PENDING_EVENT_BYTES = 4 * 1024 * 1024;
@@ -128,9 +128,7 @@ export class AdminServer {
     const { log } = this.#deps;
     const started = process.hrtime.bigint();
     try {
-      const ctx = this.#context(req);
-      const decl = METHODS.get(req.method);
-      if (!decl) throw new ProtocolError(`no such method: '${req.method}'`);
+      const { ctx, decl } = this.#context(req);
       if (decl.stream) {
         this.#stream(socket, decl.stream, ctx);
         return;
@@ -153,7 +151,7 @@ export class AdminServer {
   }
 
   /** Resolves source and destination and checks the request shape against the declaration. */
-  #context(req: AdminRequest): CallContext {
+  #context(req: AdminRequest): { ctx: CallContext; decl: MethodDecl } {
     const { registry, lifecycle } = this.#deps;
     const decl = METHODS.get(req.method);
     if (!decl) throw new ProtocolError(`no such method: '${req.method}'`);
@@ -176,7 +174,7 @@ export class AdminServer {
     if (decl.arg === 'required' && req.arg === '') throw new ProtocolError('expected an argument');
     if (decl.payload === 'none' && req.payload.length > 0) throw new ProtocolError('unexpected payload');
     if (decl.payload === 'required' && req.payload.length === 0) throw new ProtocolError('expected payload');
-    return { registry, lifecycle, source, dest, arg: req.arg, untrustedPayload: req.payload };
+    return { ctx: { registry, lifecycle, source, dest, arg: req.arg, untrustedPayload: req.payload }, decl };
   }
 
   #stream(socket: net.Socket, stream: NonNullable<MethodDecl['stream']>, ctx: CallContext): void {

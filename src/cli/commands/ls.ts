@@ -8,6 +8,7 @@ import {
   out,
   parse,
   parseGetAll,
+  pickDomains,
   printHelp,
   runCommand,
   type Command,
@@ -123,14 +124,7 @@ export const qvmLs: Command = {
       }
 
       let domains = await listDomains(a.client);
-      if (a.positionals.length > 0) {
-        const byName = new Map(domains.map((d) => [d.name, d]));
-        domains = a.positionals.map((n) => {
-          const d = byName.get(n);
-          if (!d) throw new UsageError(`no such domain: '${n}'`);
-          return d;
-        });
-      }
+      if (a.positionals.length > 0) domains = pickDomains(domains, a.positionals);
       const excluded = new Set(a.strs('exclude'));
       const states = new Set<string>();
       if (a.flag('running')) states.add('Running');

@@ -6,6 +6,7 @@ import {
   listDomains,
   mapLimit,
   out,
+  pickDomains,
   parse,
   printHelp,
   requireDomains,
@@ -196,11 +197,9 @@ export const qvmCheck: Command = {
       const checks = ['running', 'paused', 'template', 'networked'].filter((c) => a.flag(c));
       if (checks.length > 1) throw new UsageError('give at most one of --running, --paused, --template, --networked');
       const all = await listDomains(a.client);
-      const byName = new Map(all.map((d) => [d.name, d]));
       const names = a.flag('all') ? all.map((d) => d.name) : a.positionals;
       if (names.length === 0) throw new UsageError('one of the arguments --all VMNAME is required');
-      const unknown = names.find((n) => !byName.has(n));
-      if (unknown !== undefined) throw new UsageError(`no such domain: '${unknown}'`);
+      const byName = new Map(pickDomains(all, names).map((d) => [d.name, d]));
       const quiet = a.flag('quiet');
       let ok = true;
       for (const name of names) {
