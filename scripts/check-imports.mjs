@@ -6,6 +6,7 @@ import path from 'node:path';
 
 const allowed = {
   protocol: [],
+  agent: ['protocol'],
   core: ['protocol'],
   hal: ['protocol', 'core'],
   daemon: ['protocol', 'core', 'hal'],

@@ -128,6 +128,7 @@ export class Lifecycle {
       qid: q.qid,
       klass: q.klass,
       rootTemplate: root?.name ?? null,
+      rootTemplateUuid: root?.uuid ?? null,
       memoryMiB: num('memory', 400),
       maxmemMiB: num('maxmem', 4000),
       vcpus: num('vcpus', 2),

@@ -1,5 +1,6 @@
 // A test double of the HAL for unit tests: keeps power states in memory, starts nothing.
 // Never wired into the daemon outside tests.
+import type { Duplex } from 'node:stream';
 import type {
   BackendCapabilities,
   BackendKind,
@@ -78,6 +79,10 @@ export class FakeBackend implements HypervisorBackend {
 
   stats(name: string): QubeStats | undefined {
     return this.state(name) === 'Halted' ? undefined : { memKiB: 409600, cpuTimeNs: 0 };
+  }
+
+  exec(name: string): Promise<Duplex> {
+    return Promise.reject(new Error(`the fake backend runs no commands ('${name}')`));
   }
 
   onExit(listener: (n: ExitNotice) => void): () => void {

@@ -2,6 +2,8 @@
 // Callers ask for capabilities, never for a backend by name. The `container` backend (crun)
 // and the `vm` backend (QEMU) implement this in later issues; `fake.ts` is the unit-test double.
 
+import type { Duplex } from 'node:stream';
+
 export type BackendKind = 'container' | 'vm';
 
 /** Qubes power states, as admin.vm.List / CurrentState report them. */
@@ -28,6 +30,7 @@ export interface QubeLaunchSpec {
   readonly klass: 'TemplateVM' | 'AppVM' | 'StandaloneVM' | 'DispVM';
   /** The TemplateVM whose root this qube uses (AppVM, DispVM via its disposable template). */
   readonly rootTemplate: string | null;
+  readonly rootTemplateUuid: string | null;
   readonly memoryMiB: number;
   readonly maxmemMiB: number;
   readonly vcpus: number;
@@ -53,7 +56,10 @@ export interface HypervisorBackend {
   readonly capabilities: BackendCapabilities;
   /** Resolves once the qube is Running (agent connected); rejects with a user-facing message. */
   start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void>;
-  /** Graceful shutdown; rejects with ShutdownTimeout after `timeoutSec`. */
+  /**
+   * Graceful shutdown. A backend that can, kills the qube once `timeoutSec` has passed and
+   * resolves; one that cannot rejects with ShutdownTimeout.
+   */
   shutdown(name: string, timeoutSec: number): Promise<void>;
   kill(name: string): Promise<void>;
   pause(name: string): Promise<void>;
@@ -61,6 +67,11 @@ export interface HypervisorBackend {
   /** The current power state; Halted for qubes the backend does not know. */
   state(name: string): PowerState;
   stats(name: string): QubeStats | undefined;
+  /**
+   * Runs `USER:COMMAND` in a running qube through its agent; resolves with the data connection
+   * (qrexec DATA_* frames both ways, docs/protocol/qrexec.md). The caller owns the socket.
+   */
+  exec(name: string, cmdline: string): Promise<Duplex>;
   /** Called when a qube stops on its own (crash, OOM, poweroff inside). */
   onExit(listener: (notice: ExitNotice) => void): () => void;
   /** Stops or re-adopts everything on daemon shutdown; no orphaned processes or mounts. */

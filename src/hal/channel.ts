@@ -1,0 +1,246 @@
+// The admin-domain end of a qube's channel: the only door between a qube and the admin domain.
+// For a container qube it is a Unix socket bound into the qube at /run/bulkhead/qrexec.sock
+// (docs/protocol/qrexec.md). The in-qube agent opens one control connection and says HELLO;
+// for each command the admin domain sends (EXEC_CMDLINE with a port number), the agent opens a
+// data connection that starts with DATA_CONNECT(port), then carries DATA_* frames both ways.
+//
+// Everything arriving here is untrusted: frames are length-checked before buffering
+// (FrameParser), a connection must identify itself within a deadline, and the number of
+// unidentified connections is capped.
+import fs from 'node:fs';
+import net from 'node:net';
+import {
+  encodeExecParams,
+  encodeFrame,
+  encodeHello,
+  FrameParser,
+  MSG_DATA_CONNECT,
+  MSG_EXEC_CMDLINE,
+  MSG_HELLO,
+  MSG_SHUTDOWN,
+  parseDataConnect,
+  parseHello,
+  QREXEC_PROTOCOL_VERSION,
+} from '../protocol/qrexec.js';
+
+/** A connection must send its first frame within this time. */
+const IDENTIFY_TIMEOUT_MS = 5000;
+/** Connections that have not identified themselves yet, at most. */
+const MAX_UNIDENTIFIED = 16;
+/** Commands waiting for their data connection, at most. */
+const MAX_PENDING_EXEC = 256;
+/** How long the agent has to open the data connection of a command. */
+const EXEC_CONNECT_TIMEOUT_MS = 10_000;
+
+export class ChannelError extends Error {
+  override readonly name = 'ChannelError';
+}
+
+interface PendingExec {
+  resolve: (s: net.Socket) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class QubeChannel {
+  readonly #server: net.Server;
+  readonly #path: string;
+  #control: net.Socket | undefined;
+  #version = 0;
+  #unidentified = 0;
+  #nextPort = 1;
+  readonly #pending = new Map<number, PendingExec>();
+  #helloWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  readonly #closeListeners = new Set<() => void>();
+  #closed = false;
+
+  private constructor(server: net.Server, socketPath: string) {
+    this.#server = server;
+    this.#path = socketPath;
+    server.on('connection', (s) => { this.#accept(s); });
+  }
+
+  /** Listens on `socketPath`, owned by `uid:gid` (the qube's root) with mode 0600. */
+  static async listen(socketPath: string, uid: number, gid: number): Promise<QubeChannel> {
+    fs.rmSync(socketPath, { force: true });
+    const server = net.createServer({ allowHalfOpen: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    fs.chownSync(socketPath, uid, gid);
+    fs.chmodSync(socketPath, 0o600);
+    return new QubeChannel(server, socketPath);
+  }
+
+  get connected(): boolean {
+    return this.#control !== undefined && !this.#control.destroyed;
+  }
+
+  get version(): number {
+    return this.#version;
+  }
+
+  #accept(sock: net.Socket): void {
+    if (this.#closed || this.#unidentified >= MAX_UNIDENTIFIED) {
+      sock.destroy();
+      return;
+    }
+    this.#unidentified++;
+    const parser = new FrameParser();
+    let identified = false;
+    const timer = setTimeout(() => { sock.destroy(); }, IDENTIFY_TIMEOUT_MS);
+    const done = (): void => {
+      if (identified) return;
+      identified = true;
+      this.#unidentified--;
+      clearTimeout(timer);
+    };
+    sock.on('error', () => { /* reported through close */ });
+    sock.once('close', done);
+    const onData = (untrustedChunk: Buffer): void => {
+      let frames;
+      try {
+        frames = parser.push(untrustedChunk);
+      } catch {
+        sock.destroy();
+        return;
+      }
+      const first = frames[0];
+      if (first === undefined) return;
+      sock.off('data', onData);
+      sock.pause();
+      done();
+      const rest = frames.slice(1).map((f) => encodeFrame(f.type, f.payload));
+      const leftover = parser.takeBuffered();
+      try {
+        if (first.type === MSG_HELLO) {
+          this.#onControl(sock, parseHello(first.payload), rest, leftover);
+        } else if (first.type === MSG_DATA_CONNECT) {
+          this.#onData(sock, parseDataConnect(first.payload), Buffer.concat([...rest, leftover]));
+        } else {
+          sock.destroy();
+        }
+      } catch {
+        sock.destroy();
+      }
+    };
+    sock.on('data', onData);
+  }
+
+  #onControl(sock: net.Socket, untrustedVersion: number, rest: Buffer[], leftover: Buffer): void {
+    if (this.#control !== undefined || rest.length > 0 || leftover.length > 0) {
+      // One control connection per qube start; nothing may follow HELLO before our reply.
+      sock.destroy();
+      return;
+    }
+    this.#control = sock;
+    this.#version = Math.min(QREXEC_PROTOCOL_VERSION, untrustedVersion >>> 0);
+    sock.write(encodeHello(QREXEC_PROTOCOL_VERSION));
+    // The agent sends nothing else on the control connection yet (service triggers come with
+    // the qrexec router); anything beyond the cap closes it.
+    const parser = new FrameParser();
+    sock.on('data', (untrustedChunk: Buffer) => {
+      try {
+        parser.push(untrustedChunk);
+      } catch {
+        sock.destroy();
+      }
+    });
+    sock.resume();
+    sock.once('close', () => {
+      this.#control = undefined;
+      for (const p of this.#pending.values()) {
+        clearTimeout(p.timer);
+        p.reject(new ChannelError('the qube\'s agent disconnected'));
+      }
+      this.#pending.clear();
+      for (const l of this.#closeListeners) l();
+    });
+    const waiters = this.#helloWaiters;
+    this.#helloWaiters = [];
+    for (const w of waiters) w.resolve();
+  }
+
+  #onData(sock: net.Socket, untrustedPort: number, leftover: Buffer): void {
+    const pending = this.#pending.get(untrustedPort);
+    if (pending === undefined) {
+      sock.destroy();
+      return;
+    }
+    this.#pending.delete(untrustedPort);
+    clearTimeout(pending.timer);
+    if (leftover.length > 0) sock.unshift(leftover);
+    pending.resolve(sock);
+  }
+
+  /** Resolves when the agent has said HELLO; rejects on timeout, abort or close. */
+  waitHello(timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    if (this.connected) return Promise.resolve();
+    if (this.#closed) return Promise.reject(new ChannelError('channel closed'));
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        finish();
+        reject(new ChannelError(`the qube's agent did not connect within ${Math.round(timeoutMs / 1000)} s`));
+      }, timeoutMs);
+      const onAbort = (): void => {
+        finish();
+        reject(signal?.reason instanceof Error ? signal.reason : new ChannelError('aborted'));
+      };
+      const waiter = { resolve: () => { finish(); resolve(); }, reject: (e: Error) => { finish(); reject(e); } };
+      const finish = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.#helloWaiters = this.#helloWaiters.filter((w) => w !== waiter);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#helloWaiters.push(waiter);
+    });
+  }
+
+  /**
+   * Asks the agent to run `user:command` and resolves with the data connection (DATA_STDIN
+   * from us; DATA_STDOUT/STDERR/EXIT_CODE from the qube). The caller owns the socket.
+   */
+  exec(cmdline: string): Promise<net.Socket> {
+    const control = this.#control;
+    if (control === undefined || control.destroyed) return Promise.reject(new ChannelError('the qube\'s agent is not connected'));
+    if (this.#pending.size >= MAX_PENDING_EXEC) return Promise.reject(new ChannelError('too many commands waiting for the qube'));
+    const port = this.#nextPort;
+    this.#nextPort = this.#nextPort >= 0x7fffffff ? 1 : this.#nextPort + 1;
+    return new Promise<net.Socket>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(port);
+        reject(new ChannelError('the qube\'s agent did not answer the command'));
+      }, EXEC_CONNECT_TIMEOUT_MS);
+      this.#pending.set(port, { resolve, reject, timer });
+      control.write(encodeFrame(MSG_EXEC_CMDLINE, encodeExecParams(0, port, cmdline)));
+    });
+  }
+
+  /** Asks the agent to power the qube off. */
+  requestShutdown(): boolean {
+    const control = this.#control;
+    if (control === undefined || control.destroyed) return false;
+    control.write(encodeFrame(MSG_SHUTDOWN));
+    return true;
+  }
+
+  /** Called once when the control connection closes (the agent or its qube went away). */
+  onDisconnect(listener: () => void): void {
+    this.#closeListeners.add(listener);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const w of this.#helloWaiters) w.reject(new ChannelError('channel closed'));
+    this.#helloWaiters = [];
+    this.#control?.destroy();
+    await new Promise<void>((resolve) => { this.#server.close(() => { resolve(); }); });
+    fs.rmSync(this.#path, { force: true });
+  }
+}

@@ -1,0 +1,357 @@
+// The `container` isolation backend: each qube is a crun container with its own user (uid 0 =
+// an unprivileged host uid range per qube), mount, pid, ipc, uts, cgroup and network namespaces,
+// a bounded capability set, no_new_privs and a seccomp profile. Its only door to the admin
+// domain is its channel socket, on which the in-qube agent says HELLO before the qube counts as
+// Running. All mounts live in the container's own mount namespace: when it dies, they go.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { QubeChannel } from '../channel.js';
+import type {
+  BackendCapabilities,
+  ExitNotice,
+  HypervisorBackend,
+  PowerState,
+  QubeLaunchSpec,
+  QubeStats,
+} from '../types.js';
+import { cgroupUsage, detectCgroupMode, type CgroupMode } from './cgroups.js';
+import { Crun, lastLines } from './crun.js';
+import { buildOciConfig, RUNTIME_DIRS } from './oci.js';
+import { containerId, hostUidBase, qubePaths, type QubePaths } from './paths.js';
+import { checkRootVolume, ensurePrivate } from './volumes.js';
+
+export interface ContainerBackendOptions {
+  readonly dataDir: string;
+  readonly log: Logger;
+  /** Directory with the agent (package.json + agent/ + protocol/), bound read-only into qubes. */
+  readonly agentBundle: string;
+  readonly nodeBinary?: string;
+  readonly initBinary?: string;
+  readonly pidsLimit?: number;
+}
+
+interface RunningQube {
+  readonly name: string;
+  readonly uuid: string;
+  readonly id: string;
+  readonly paths: QubePaths;
+  readonly channel: QubeChannel;
+  readonly cgroupsPath: string | null;
+  readonly dispPrivate: boolean;
+  pid: number;
+  state: PowerState;
+  /** Set when the admin domain asked it to stop (no exit notice then). */
+  stopping: boolean;
+  readonly exited: Promise<void>;
+  markExited: () => void;
+}
+
+const WATCHDOG_MS = 1000;
+
+/** A live process (a zombie waiting for the host's init to reap it counts as dead). */
+function pidAlive(pid: number): boolean {
+  if (pid <= 0) return false;
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return false;
+  }
+  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  return state !== 'Z' && state !== 'X';
+}
+
+/**
+ * The data dir and its vm/ folder must be traversable (mode 0711, never listable) by the qubes'
+ * host uids, and so must every folder above it.
+ */
+function prepareDataDir(dataDir: string): void {
+  const vm = path.join(dataDir, 'vm');
+  fs.mkdirSync(vm, { recursive: true, mode: 0o711 });
+  fs.chmodSync(dataDir, 0o711);
+  fs.chmodSync(vm, 0o711);
+  for (let dir = path.dirname(path.resolve(dataDir)); ; dir = path.dirname(dir)) {
+    if ((fs.statSync(dir).mode & 0o001) === 0) {
+      throw new Error(`the data dir must be reachable by unprivileged uids, but ${dir} is not (chmod o+x it, or pick another --data-dir)`);
+    }
+    if (dir === path.dirname(dir)) break;
+  }
+}
+
+export class ContainerBackend implements HypervisorBackend {
+  readonly kind = 'container' as const;
+  readonly capabilities: BackendCapabilities;
+  readonly #opts: ContainerBackendOptions;
+  readonly #log: Logger;
+  readonly #crun: Crun;
+  readonly #cgroupMode: CgroupMode;
+  readonly #running = new Map<string, RunningQube>();
+  readonly #listeners = new Set<(n: ExitNotice) => void>();
+  readonly #watchdog: NodeJS.Timeout;
+
+  private constructor(opts: ContainerBackendOptions, mode: CgroupMode) {
+    this.#opts = opts;
+    this.#log = opts.log;
+    this.#cgroupMode = mode;
+    this.#crun = new Crun(mode);
+    const cg = mode !== 'none';
+    this.capabilities = { pause: cg, memoryLimit: cg, cpuLimit: cg, gracefulShutdown: true, ownKernel: false };
+    this.#watchdog = setInterval(() => { this.#checkAll(); }, WATCHDOG_MS);
+    this.#watchdog.unref();
+  }
+
+  /**
+   * Checks the host (crun present, agent bundle built), then stops containers a previous daemon
+   * of this data dir left behind: a restarted daemon never inherits orphaned qubes.
+   */
+  static async create(opts: ContainerBackendOptions): Promise<ContainerBackend> {
+    const mode = detectCgroupMode();
+    if (!fs.existsSync(path.join(opts.agentBundle, 'agent', 'main.js'))) {
+      throw new Error(`the agent bundle is missing at ${opts.agentBundle} (run npm run build)`);
+    }
+    prepareDataDir(opts.dataDir);
+    const backend = new ContainerBackend(opts, mode);
+    try {
+      await backend.#crun.call(['--version']);
+    } catch (err) {
+      clearInterval(backend.#watchdog);
+      throw new Error(`crun is not usable: ${(err as Error).message}`);
+    }
+    await backend.#reapLeftovers();
+    opts.log.info({ cgroups: mode }, 'container backend ready');
+    return backend;
+  }
+
+  get cgroupMode(): CgroupMode {
+    return this.#cgroupMode;
+  }
+
+  async #reapLeftovers(): Promise<void> {
+    const mine = path.join(this.#opts.dataDir, 'vm') + path.sep;
+    for (const c of await this.#crun.list()) {
+      if (!c.id.startsWith('bh-') || !c.bundle.startsWith(mine)) continue;
+      this.#log.warn({ container: c.id }, 'stopping a qube left running by a previous daemon');
+      await this.#crun.delete(c.id, true).catch((err: unknown) => {
+        this.#log.error({ container: c.id, err: (err as Error).message }, 'cannot remove leftover container');
+      });
+      fs.rmSync(path.join(c.bundle, '..', 'volatile'), { recursive: true, force: true });
+    }
+  }
+
+  async start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void> {
+    if (this.#running.has(spec.name)) throw new Error(`'${spec.name}' is already running`);
+    const paths = qubePaths(this.#opts.dataDir, spec.uuid);
+    const id = containerId(spec.uuid);
+    const base = hostUidBase(spec.qid);
+    const ownRoot = spec.klass === 'TemplateVM' || spec.klass === 'StandaloneVM';
+    const rootPaths = ownRoot ? paths : spec.rootTemplateUuid === null ? undefined : qubePaths(this.#opts.dataDir, spec.rootTemplateUuid);
+    if (rootPaths === undefined) throw new Error(`'${spec.name}' has no template`);
+    const meta = checkRootVolume(rootPaths, ownRoot ? spec.name : (spec.rootTemplate ?? '?'));
+    const dispPrivate = spec.klass === 'DispVM';
+
+    // A container with this id may survive a crash of an earlier daemon: never run two.
+    await this.#crun.delete(id, true);
+    const volatile = paths.volatile;
+    fs.rmSync(volatile, { recursive: true, force: true });
+    const top = path.join(volatile, 'top');
+    const upper = path.join(volatile, 'upper');
+    const work = path.join(volatile, 'work');
+    // crun sets up the root and the overlays as the qube's host uid: it needs to traverse (not
+    // list) the way to its volatile directory. Volumes and runtime files stay 0700.
+    fs.mkdirSync(paths.dir, { recursive: true, mode: 0o711 });
+    fs.chmodSync(paths.dir, 0o711);
+    fs.mkdirSync(volatile, { mode: 0o711 });
+    fs.mkdirSync(top, { mode: 0o755 });
+    fs.chownSync(top, base, base);
+    for (const d of [upper, work]) {
+      fs.mkdirSync(d, { mode: 0o700 });
+      fs.chownSync(d, base, base);
+    }
+    const topDirs: string[] = [];
+    for (const e of fs.readdirSync(rootPaths.root, { withFileTypes: true })) {
+      if (RUNTIME_DIRS.has(e.name) || (meta.hostUsr && e.name === 'usr')) continue;
+      const target = path.join(top, e.name);
+      if (e.isSymbolicLink()) {
+        fs.symlinkSync(fs.readlinkSync(path.join(rootPaths.root, e.name)), target);
+        fs.lchownSync(target, base, base);
+      } else if (e.isDirectory()) {
+        fs.mkdirSync(target);
+        topDirs.push(e.name);
+        if (!ownRoot) {
+          for (const d of [path.join(upper, e.name), path.join(work, e.name)]) {
+            fs.mkdirSync(d);
+            fs.chownSync(d, base, base);
+          }
+        }
+      }
+    }
+    const privateVolume = dispPrivate ? path.join(volatile, 'private') : paths.private;
+    ensurePrivate(privateVolume);
+
+    fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
+    const channel = await QubeChannel.listen(paths.socket, base, base);
+    const cgroupsPath = this.#cgroupMode === 'none' ? null : `/bulkhead/${id}`;
+    const config = buildOciConfig({
+      spec,
+      top,
+      rootVolume: rootPaths.root,
+      volatileRoot: !ownRoot,
+      topDirs,
+      upper,
+      work,
+      hostUsr: meta.hostUsr,
+      privateVolume,
+      socket: paths.socket,
+      agentBundle: this.#opts.agentBundle,
+      nodeBinary: this.#opts.nodeBinary ?? process.execPath,
+      initBinary: this.#opts.initBinary ?? '/usr/bin/tini-static',
+      cgroupsPath,
+      pidsLimit: this.#opts.pidsLimit ?? 4096,
+    });
+    fs.writeFileSync(path.join(paths.run, 'config.json'), JSON.stringify(config), { mode: 0o600 });
+
+    let markExited!: () => void;
+    const exited = new Promise<void>((resolve) => { markExited = resolve; });
+    const q: RunningQube = {
+      name: spec.name, uuid: spec.uuid, id, paths, channel, cgroupsPath, dispPrivate,
+      pid: 0, state: 'Transient', stopping: false, exited, markExited,
+    };
+    this.#running.set(spec.name, q);
+    try {
+      await this.#crun.runDetached(id, paths.run, paths.console);
+      const st = await this.#crun.state(id);
+      if (st === undefined) throw new Error(`the qube exited at once: ${lastLines(paths.console)}`);
+      q.pid = st.pid;
+      // The agent's HELLO, unless the qube dies first (broken template, missing libraries).
+      let poll: NodeJS.Timeout | undefined;
+      const died = new Promise<never>((_resolve, reject) => {
+        poll = setInterval(() => {
+          if (!pidAlive(q.pid)) reject(new Error(`the qube stopped before its agent connected: ${lastLines(paths.console) || 'no output'}`));
+        }, 20);
+      });
+      died.catch(() => undefined);
+      try {
+        await Promise.race([channel.waitHello(spec.qrexecTimeoutSec * 1000, signal), died]);
+      } finally {
+        clearInterval(poll);
+      }
+      q.state = 'Running';
+      channel.onDisconnect(() => { this.#check(q); });
+      this.#log.info({ qube: spec.name, pid: q.pid }, 'qube running');
+    } catch (err) {
+      q.stopping = true;
+      await this.#teardown(q);
+      throw err;
+    }
+  }
+
+  /** Notices a qube that died on its own. */
+  #check(q: RunningQube): void {
+    if (q.state === 'Halted' || q.stopping || pidAlive(q.pid)) return;
+    const usage = q.cgroupsPath === null ? undefined : cgroupUsage(this.#cgroupMode, q.cgroupsPath);
+    const reason = usage !== undefined && usage.oomKills > 0 ? 'out of memory' : 'the qube powered off or crashed';
+    q.stopping = true;
+    void this.#teardown(q).then(() => {
+      for (const l of this.#listeners) l({ name: q.name, state: 'Halted', reason });
+    });
+  }
+
+  #checkAll(): void {
+    for (const q of this.#running.values()) if (q.state !== 'Transient') this.#check(q);
+  }
+
+  /** Removes the container, its channel and its volatile data; never touches persistent volumes. */
+  async #teardown(q: RunningQube): Promise<void> {
+    if (q.state === 'Halted') return q.exited;
+    q.state = 'Halting';
+    try {
+      await this.#crun.delete(q.id, true);
+    } catch (err) {
+      this.#log.error({ qube: q.name, err: (err as Error).message }, 'crun delete failed');
+    }
+    await q.channel.close();
+    fs.rmSync(q.paths.volatile, { recursive: true, force: true });
+    q.state = 'Halted';
+    this.#running.delete(q.name);
+    q.markExited();
+    return q.exited;
+  }
+
+  #get(name: string): RunningQube {
+    const q = this.#running.get(name);
+    if (q === undefined || q.state === 'Halted') throw new Error(`'${name}' is not running`);
+    return q;
+  }
+
+  async shutdown(name: string, timeoutSec: number): Promise<void> {
+    const q = this.#get(name);
+    if (q.stopping) return q.exited;
+    q.stopping = true;
+    if (q.channel.requestShutdown()) {
+      const timer = new Promise<boolean>((resolve) => setTimeout(() => { resolve(false); }, Math.max(0, timeoutSec) * 1000).unref());
+      const graceful = new Promise<boolean>((resolve) => {
+        const t = setInterval(() => {
+          if (!pidAlive(q.pid)) {
+            clearInterval(t);
+            resolve(true);
+          }
+        }, 10);
+        void q.exited.then(() => { clearInterval(t); });
+      });
+      const clean = await Promise.race([graceful, timer]);
+      if (!clean) this.#log.warn({ qube: name, timeoutSec }, 'graceful shutdown timed out; killing');
+    }
+    await this.#teardown(q);
+  }
+
+  async kill(name: string): Promise<void> {
+    const q = this.#get(name);
+    q.stopping = true;
+    await this.#teardown(q);
+  }
+
+  async pause(name: string): Promise<void> {
+    const q = this.#get(name);
+    await this.#crun.pause(q.id);
+    q.state = 'Paused';
+  }
+
+  async unpause(name: string): Promise<void> {
+    const q = this.#get(name);
+    await this.#crun.resume(q.id);
+    q.state = 'Running';
+  }
+
+  state(name: string): PowerState {
+    return this.#running.get(name)?.state ?? 'Halted';
+  }
+
+  stats(name: string): QubeStats | undefined {
+    const q = this.#running.get(name);
+    if (q?.cgroupsPath == null) return undefined;
+    const u = cgroupUsage(this.#cgroupMode, q.cgroupsPath);
+    return u === undefined ? undefined : { memKiB: Math.round(u.memBytes / 1024), cpuTimeNs: u.cpuNs };
+  }
+
+  async exec(name: string, cmdline: string): Promise<Duplex> {
+    const q = this.#get(name);
+    if (q.state !== 'Running') throw new Error(`'${name}' is ${q.state === 'Paused' ? 'paused' : 'not running'}`);
+    return q.channel.exec(cmdline);
+  }
+
+  onExit(listener: (notice: ExitNotice) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Stops every qube (a short graceful shutdown, then kill); nothing is left running. */
+  async close(): Promise<void> {
+    clearInterval(this.#watchdog);
+    await Promise.all([...this.#running.values()].map(async (q) => {
+      if (q.state === 'Paused') await this.#crun.resume(q.id).catch(() => undefined);
+      await this.shutdown(q.name, 3).catch(() => this.#teardown(q));
+    }));
+  }
+}
