@@ -19,6 +19,7 @@ import {
   MSG_DATA_STDOUT,
   MSG_EXEC_CMDLINE,
   MSG_HELLO,
+  MSG_JUST_EXEC,
   MSG_SHUTDOWN,
   parseExecParams,
   parseHello,
@@ -76,7 +77,7 @@ function finishWithError(sock: net.Socket, message: string, code: number): void 
 const children = new Set<ChildProcess>();
 
 /** Runs one command on its own data connection. */
-function runCommand(port: number, cmdline: string): void {
+function runCommand(port: number, cmdline: string, justExec: boolean): void {
   const sock = net.connect({ path: CHANNEL, allowHalfOpen: true });
   sock.on('error', (err) => { log(`data connection ${port}: ${err.message}`); });
   sock.write(encodeDataConnect(port));
@@ -93,20 +94,20 @@ function runCommand(port: number, cmdline: string): void {
     return;
   }
   const cwd = fs.existsSync(account.home) ? account.home : '/';
-  const child = spawn('/bin/sh', ['-c', command], {
-    uid: account.uid,
-    gid: account.gid,
-    cwd,
-    env: {
-      PATH,
-      HOME: account.home,
-      USER: userName,
-      LOGNAME: userName,
-      SHELL: account.shell,
-      QREXEC_REMOTE_DOMAIN: 'dom0',
-    },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const env = { PATH, HOME: account.home, USER: userName, LOGNAME: userName, SHELL: account.shell, QREXEC_REMOTE_DOMAIN: 'dom0' };
+  if (justExec) {
+    // No I/O: start it on its own and report only whether it started.
+    const detached = spawn('/bin/sh', ['-c', command], { uid: account.uid, gid: account.gid, cwd, env, stdio: 'ignore', detached: true });
+    detached.once('spawn', () => {
+      detached.unref();
+      sock.write(encodeFrame(MSG_DATA_STDOUT));
+      sock.write(encodeFrame(MSG_DATA_STDERR));
+      sock.end(encodeExitCode(0));
+    });
+    detached.once('error', (err) => { finishWithError(sock, `bulkhead-agent: cannot run the command: ${err.message}`, 127); });
+    return;
+  }
+  const child = spawn('/bin/sh', ['-c', command], { uid: account.uid, gid: account.gid, cwd, env, stdio: ['pipe', 'pipe', 'pipe'] });
   children.add(child);
   let spawnFailed = false;
   child.on('error', (err) => {
@@ -206,9 +207,9 @@ function main(): void {
         greeted = true;
         continue;
       }
-      if (f.type === MSG_EXEC_CMDLINE) {
+      if (f.type === MSG_EXEC_CMDLINE || f.type === MSG_JUST_EXEC) {
         const params = parseExecParams(f.payload);
-        runCommand(params.connectPort, params.cmdline);
+        runCommand(params.connectPort, params.cmdline, f.type === MSG_JUST_EXEC);
       } else if (f.type === MSG_SHUTDOWN) {
         powerOff();
       }

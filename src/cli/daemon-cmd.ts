@@ -1,7 +1,13 @@
 // `bulkhead daemon`: runs the admin daemon in the foreground until SIGTERM / SIGINT.
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_DATA_DIR, DEFAULT_SOCKET, startDaemon } from '../daemon/daemon.js';
 import { createLogger } from '../daemon/log.js';
+import { ContainerBackend } from '../hal/container/backend.js';
+import type { BackendKind, HypervisorBackend } from '../hal/types.js';
+
+/** The in-qube agent, assembled by the build (scripts/agent-bundle.mjs). */
+const AGENT_BUNDLE = path.resolve(import.meta.dirname, '..', 'agent-bundle');
 
 export async function daemonMain(argv: string[]): Promise<number> {
   let values;
@@ -30,11 +36,21 @@ export async function daemonMain(argv: string[]): Promise<number> {
     log.error({ err: reason }, 'unhandled rejection');
   });
   let daemon;
+  const dataDir = path.resolve(values['data-dir'] ?? DEFAULT_DATA_DIR);
   try {
     daemon = await startDaemon({
-      dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
+      dataDir,
       socketPath: values.socket ?? process.env.BULKHEAD_SOCKET ?? DEFAULT_SOCKET,
       log,
+      makeBackends: async () => {
+        const backends = new Map<BackendKind, HypervisorBackend>();
+        try {
+          backends.set('container', await ContainerBackend.create({ dataDir, log, agentBundle: AGENT_BUNDLE }));
+        } catch (err) {
+          log.error({ err: (err as Error).message }, 'the container backend is not available; qubes cannot start');
+        }
+        return backends;
+      },
       defaultQubes: values['default-qubes'] === true,
     });
   } catch (err) {

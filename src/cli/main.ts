@@ -22,6 +22,9 @@ const COMMANDS: ReadonlyMap<string, Loader> = new Map<string, Loader>([
   ['qvm-pause', async () => (await import('./commands/power.js')).qvmPause],
   ['qvm-unpause', async () => (await import('./commands/power.js')).qvmUnpause],
   ['qvm-check', async () => (await import('./commands/power.js')).qvmCheck],
+  ['qvm-run', async () => (await import('./commands/run.js')).qvmRun],
+  ['qvm-volume', async () => (await import('./commands/volume.js')).qvmVolume],
+  ['template', async () => (await import('./commands/template.js')).template],
 ]);
 
 function usage(): string {

@@ -316,7 +316,7 @@ describe('lifecycle through the HAL', () => {
     const h = await harness();
     try {
       const reply = (await raw(h.socket, req('admin.vm.Start', 'work'))).toString();
-      assert.match(reply, /^2\0QubesException\0\0Start failed: the 'container' isolation backend is not available on this host yet\0$/);
+      assert.match(reply, /^2\0QubesException\0\0Start failed: the 'container' isolation backend is not available on this host \(see the daemon log\)\0$/);
       assert.match((await raw(h.socket, req('admin.vm.List', 'work'))).toString(), /state=Halted/);
     } finally {
       await dispose(h);

@@ -7,6 +7,7 @@ import { Store } from '../core/store.js';
 import type { BackendKind, HypervisorBackend } from '../hal/types.js';
 import { defineDefaultQubes } from './defaults.js';
 import { Lifecycle } from './lifecycle.js';
+import { execSocketPath, ExecServer } from './exec-server.js';
 import { DataDirLock } from './lock.js';
 import { AdminServer } from './server.js';
 
@@ -19,6 +20,11 @@ export interface DaemonOptions {
   readonly log: Logger;
   /** Backends present on this host; a qube whose backend is missing cannot start. */
   readonly backends?: ReadonlyMap<BackendKind, HypervisorBackend>;
+  /**
+   * Makes the backends once the data-dir lock is held (they stop qubes an earlier daemon of this
+   * data dir left behind, which must never hit a live daemon's qubes).
+   */
+  readonly makeBackends?: () => Promise<ReadonlyMap<BackendKind, HypervisorBackend>>;
   /** Define the default qubes when the data dir holds no registry yet. */
   readonly defaultQubes?: boolean;
 }
@@ -40,11 +46,15 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       if (opts.defaultQubes === true) defineDefaultQubes(registry);
       opts.log.info({ dataDir: opts.dataDir }, 'new registry created');
     }
-    const lifecycle = new Lifecycle(registry, opts.backends ?? new Map(), opts.log);
+    const backends = opts.makeBackends ? await opts.makeBackends() : (opts.backends ?? new Map<BackendKind, HypervisorBackend>());
+    const lifecycle = new Lifecycle(registry, backends, opts.log);
     const server = new AdminServer({ registry, lifecycle, log: opts.log });
+    const execServer = new ExecServer(lifecycle, opts.log);
     try {
       await server.listen(opts.socketPath);
+      await execServer.listen(execSocketPath(opts.socketPath));
     } catch (err) {
+      await server.close();
       await lifecycle.close();
       throw err;
     }
@@ -55,6 +65,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       close: () => {
         closing ??= (async () => {
           await server.close();
+          await execServer.close();
           await lifecycle.close();
           await lock.release();
           opts.log.info('daemon stopped');

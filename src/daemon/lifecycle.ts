@@ -2,11 +2,13 @@
 // events and error types. Which backend runs a qube is its `backend` property; the daemon
 // only uses backends that are present, and says so clearly when one is not.
 import type { Logger } from 'pino';
-import { QubesError, vmNotFound } from '../core/errors.js';
+import { PermissionDenied, QubesError, vmNotFound } from '../core/errors.js';
 import type { QubeRecord } from '../core/model.js';
 import { qubeValue, refValue, templateOf } from '../core/properties.js';
 import type { Registry } from '../core/registry.js';
-import type { BackendKind, HypervisorBackend, PowerState, QubeLaunchSpec } from '../hal/types.js';
+import crypto from 'node:crypto';
+import type { Duplex } from 'node:stream';
+import type { BackendKind, HypervisorBackend, PowerState, QubeLaunchSpec, RootImport, VolumeInfo, VolumeManager, VolumeOwner } from '../hal/types.js';
 import { ShutdownTimeout } from '../hal/types.js';
 
 export interface ShutdownOptions {
@@ -94,7 +96,7 @@ export class Lifecycle {
     this.#registry.emit({ subject: q.name, event: 'domain-pre-start', kwargs: [] });
     try {
       if (!backend) {
-        throw new Error(`the '${kind}' isolation backend is not available on this host yet`);
+        throw new Error(`the '${kind}' isolation backend is not available on this host (see the daemon log)`);
       }
       // A qube needs its network provider running first.
       const netvm = refValue(s, q, 'netvm');
@@ -225,6 +227,88 @@ export class Lifecycle {
     const { backend } = this.#runningBackend(name);
     await backend.unpause(q.name);
     this.#registry.emit({ subject: q.name, event: 'domain-unpaused', kwargs: [] });
+  }
+
+  /**
+   * Runs `USER:COMMAND` in a qube (qvm-run): starts it first when `autostart`, else it must be
+   * running. `user` null means the qube's default_user. Resolves with the data connection.
+   */
+  async exec(name: string, user: string | null, command: string, autostart: boolean, justExec = false): Promise<Duplex> {
+    const q = this.#registry.resolve(name);
+    if (q.klass === 'AdminVM') throw new QubesError('QubesVMError', 'Commands run in qubes, not in the admin domain');
+    if (autostart) await this.start(q.name);
+    const state = this.powerState(q.name);
+    if (state !== 'Running') {
+      throw new QubesError('QubesVMNotRunningError', `Domain not running (either powered off or paused): '${q.name}'`);
+    }
+    const backend = this.#placed(q);
+    if (!backend) throw new QubesError('QubesVMNotStartedError', `Domain is powered off: '${q.name}'`);
+    const who = user ?? qubeValue(this.#registry.state, q, 'default_user');
+    return backend.exec(q.name, `${typeof who === 'string' ? who : 'user'}:${command}`, justExec);
+  }
+
+  // ---------- volumes ----------
+
+  /** Pending admin.vm.volume.CloneFrom tokens → source volume (expire after a minute). */
+  readonly #cloneTokens = new Map<string, { uuid: string; volume: string; expires: number }>();
+
+  #volumes(q: QubeRecord): { manager: VolumeManager; owner: VolumeOwner } {
+    if (q.klass === 'AdminVM') throw new QubesError('QubesException', 'dom0 has no volumes here');
+    const backend = this.#backends.get(this.#backendKind(q));
+    if (backend?.volumes === undefined) {
+      throw new QubesError('QubesException', `the '${this.#backendKind(q)}' isolation backend is not available on this host`);
+    }
+    let root: QubeRecord | undefined = templateOf(this.#registry.state, q);
+    if (root && root.klass !== 'TemplateVM') root = templateOf(this.#registry.state, root);
+    return { manager: backend.volumes, owner: { name: q.name, uuid: q.uuid, klass: q.klass, rootTemplateUuid: root?.uuid ?? null } };
+  }
+
+  volumeNames(q: QubeRecord): readonly string[] {
+    if (q.klass === 'AdminVM') return [];
+    return this.#volumes(q).manager.names(this.#volumes(q).owner);
+  }
+
+  async volumeInfo(q: QubeRecord, untrustedVolume: string): Promise<VolumeInfo> {
+    const { manager, owner } = this.#volumes(q);
+    if (!manager.names(owner).includes(untrustedVolume)) {
+      throw new PermissionDenied(`Argument not in '${q.name}' volumes`);
+    }
+    return manager.info(owner, untrustedVolume);
+  }
+
+  volumeCloneFrom(q: QubeRecord, untrustedVolume: string): string {
+    const { manager, owner } = this.#volumes(q);
+    if (!manager.names(owner).includes(untrustedVolume)) throw new PermissionDenied(`Argument not in '${q.name}' volumes`);
+    const now = Date.now();
+    for (const [t, v] of this.#cloneTokens) if (v.expires < now) this.#cloneTokens.delete(t);
+    const token = crypto.randomBytes(16).toString('hex');
+    this.#cloneTokens.set(token, { uuid: q.uuid, volume: untrustedVolume, expires: now + 60_000 });
+    return token;
+  }
+
+  async volumeCloneTo(q: QubeRecord, untrustedVolume: string, untrustedToken: string): Promise<void> {
+    const { manager, owner } = this.#volumes(q);
+    if (!manager.names(owner).includes(untrustedVolume)) throw new PermissionDenied(`Argument not in '${q.name}' volumes`);
+    const entry = this.#cloneTokens.get(untrustedToken);
+    if (entry === undefined || entry.volume !== untrustedVolume || entry.expires < Date.now()) {
+      throw new QubesError('QubesException', 'Invalid or expired clone token');
+    }
+    this.#cloneTokens.delete(untrustedToken);
+    const src = [...this.#registry.state.qubes.values()].find((o) => o.uuid === entry.uuid);
+    if (!src) throw new QubesError('QubesException', 'The source qube of the clone is gone');
+    if (this.powerState(q.name) !== 'Halted') throw new QubesError('QubesVMNotHaltedError', `Domain is not powered off: '${q.name}'`);
+    await manager.clone(this.#volumes(src).owner, owner, untrustedVolume);
+  }
+
+  async importRoot(q: QubeRecord, from: RootImport): Promise<void> {
+    if (this.powerState(q.name) !== 'Halted') throw new QubesError('QubesVMNotHaltedError', `Domain is not powered off: '${q.name}'`);
+    const { manager, owner } = this.#volumes(q);
+    await manager.importRoot(owner, from);
+  }
+
+  /** Deletes the volumes of a qube already removed from the registry. */
+  removeVolumes(removed: QubeRecord): void {
+    for (const backend of this.#backends.values()) backend.volumes?.remove(removed.uuid);
   }
 
   async close(): Promise<void> {

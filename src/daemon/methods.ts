@@ -1,7 +1,9 @@
 // Every Admin API method, declared once: name, destination, argument, payload, scope, help,
 // handler. The dispatcher enforces the declaration before the handler runs; the method table in
 // docs/protocol/admin-api.md is checked against this list by a test.
-import { ProtocolError, QubesError } from '../core/errors.js';
+import { z } from 'zod';
+import { PermissionDenied, ProtocolError, QubesError } from '../core/errors.js';
+import type { RootImport, VolumeInfo } from '../hal/types.js';
 import { LABELS, findLabel } from '../core/labels.js';
 import { QUBE_CLASSES, type QubeRecord } from '../core/model.js';
 import { formatReading, type PropReading } from '../core/properties.js';
@@ -148,7 +150,30 @@ const METHOD_LIST: readonly MethodDecl[] = [
     }),
   ),
   { name: 'admin.vm.Remove', scope: 'write', dest: 'any', arg: 'none', payload: 'none',
-    help: 'Removes a halted qube nothing depends on.', handler: (c) => { c.registry.remove(c.dest.name); return undefined; } },
+    help: 'Removes a halted qube nothing depends on, and its volumes.',
+    handler: (c) => {
+      c.registry.remove(c.dest.name);
+      c.lifecycle.removeVolumes(c.dest);
+      return undefined;
+    } },
+  { name: 'admin.vm.volume.List', scope: 'read', dest: 'any', arg: 'none', payload: 'none',
+    help: 'Volume names, one per line (none for dom0).', handler: (c) => lines(c.lifecycle.volumeNames(c.dest)) },
+  { name: 'admin.vm.volume.Info', scope: 'read', dest: 'vm', arg: 'required', payload: 'none',
+    help: '`key=value` lines: pool, vid, size, usage, rw, source, path, save_on_stop, snap_on_start, revisions_to_keep, ephemeral.',
+    handler: async (c) => formatVolumeInfo(await c.lifecycle.volumeInfo(c.dest, c.arg)) },
+  { name: 'admin.vm.volume.CloneFrom', scope: 'read', dest: 'vm', arg: 'required', payload: 'none',
+    help: 'A one-time token naming this volume as the source of a CloneTo (valid one minute).',
+    handler: (c) => c.lifecycle.volumeCloneFrom(c.dest, c.arg) },
+  { name: 'admin.vm.volume.CloneTo', scope: 'write', dest: 'vm', arg: 'required', payload: 'required',
+    help: 'Replaces this (halted) qube\'s volume with a copy of the CloneFrom token\'s volume.',
+    handler: async (c) => { await c.lifecycle.volumeCloneTo(c.dest, c.arg, asciiPayload(c)); return undefined; } },
+  { name: 'bulkhead.vm.volume.ImportDir', scope: 'write', dest: 'vm', arg: 'required', payload: 'required',
+    help: 'Bulkhead only, admin domain only: installs a prepared directory (JSON `{"dir","hostUsr","source"}`) as the root volume of a halted TemplateVM or StandaloneVM.',
+    handler: async (c) => {
+      if (c.arg !== 'root') throw new PermissionDenied(`Argument not in '${c.dest.name}' volumes`);
+      await c.lifecycle.importRoot(c.dest, parseImport(payloadText(c)));
+      return undefined;
+    } },
   ...propertyMethods('admin.vm.property', 'any', false),
   ...propertyMethods('admin.property', 'adminvm', true),
   { name: 'admin.vm.feature.List', scope: 'read', dest: 'any', arg: 'none', payload: 'none',
@@ -206,6 +231,26 @@ const METHOD_LIST: readonly MethodDecl[] = [
       });
     } },
 ];
+
+function formatVolumeInfo(v: VolumeInfo): string {
+  const show = (x: string | number | boolean | null): string => (x === null ? '' : typeof x === 'boolean' ? (x ? 'True' : 'False') : String(x));
+  const keys = ['pool', 'vid', 'size', 'usage', 'rw', 'source', 'path', 'save_on_stop', 'snap_on_start', 'revisions_to_keep', 'ephemeral'] as const;
+  return keys.map((k) => `${k}=${show(v[k])}\n`).join('');
+}
+
+const ImportSchema = z.object({ dir: z.string().startsWith('/').max(4096), hostUsr: z.boolean(), source: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/) }).strict();
+
+function parseImport(untrustedText: string): RootImport {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(untrustedText);
+  } catch {
+    throw new ProtocolError('import payload is not JSON');
+  }
+  const parsed = ImportSchema.safeParse(raw);
+  if (!parsed.success) throw new ProtocolError('invalid import payload');
+  return parsed.data;
+}
 
 function labelOf(untrustedSpec: string) {
   const label = findLabel(untrustedSpec);

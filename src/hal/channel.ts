@@ -17,6 +17,7 @@ import {
   MSG_DATA_CONNECT,
   MSG_EXEC_CMDLINE,
   MSG_HELLO,
+  MSG_JUST_EXEC,
   MSG_SHUTDOWN,
   parseDataConnect,
   parseHello,
@@ -53,6 +54,8 @@ export class QubeChannel {
   #helloWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   readonly #closeListeners = new Set<() => void>();
   #closed = false;
+  /** Every connection ever accepted and still open: all closed with the channel. */
+  readonly #sockets = new Set<net.Socket>();
 
   private constructor(server: net.Server, socketPath: string) {
     this.#server = server;
@@ -90,6 +93,8 @@ export class QubeChannel {
       return;
     }
     this.#unidentified++;
+    this.#sockets.add(sock);
+    sock.once('close', () => this.#sockets.delete(sock));
     const parser = new FrameParser();
     let identified = false;
     const timer = setTimeout(() => { sock.destroy(); }, IDENTIFY_TIMEOUT_MS);
@@ -205,7 +210,7 @@ export class QubeChannel {
    * Asks the agent to run `user:command` and resolves with the data connection (DATA_STDIN
    * from us; DATA_STDOUT/STDERR/EXIT_CODE from the qube). The caller owns the socket.
    */
-  exec(cmdline: string): Promise<net.Socket> {
+  exec(cmdline: string, justExec = false): Promise<net.Socket> {
     const control = this.#control;
     if (control === undefined || control.destroyed) return Promise.reject(new ChannelError('the qube\'s agent is not connected'));
     if (this.#pending.size >= MAX_PENDING_EXEC) return Promise.reject(new ChannelError('too many commands waiting for the qube'));
@@ -217,7 +222,7 @@ export class QubeChannel {
         reject(new ChannelError('the qube\'s agent did not answer the command'));
       }, EXEC_CONNECT_TIMEOUT_MS);
       this.#pending.set(port, { resolve, reject, timer });
-      control.write(encodeFrame(MSG_EXEC_CMDLINE, encodeExecParams(0, port, cmdline)));
+      control.write(encodeFrame(justExec ? MSG_JUST_EXEC : MSG_EXEC_CMDLINE, encodeExecParams(0, port, cmdline)));
     });
   }
 
@@ -239,7 +244,7 @@ export class QubeChannel {
     this.#closed = true;
     for (const w of this.#helloWaiters) w.reject(new ChannelError('channel closed'));
     this.#helloWaiters = [];
-    this.#control?.destroy();
+    for (const s of this.#sockets) s.destroy();
     await new Promise<void>((resolve) => { this.#server.close(() => { resolve(); }); });
     fs.rmSync(this.#path, { force: true });
   }

@@ -51,9 +51,52 @@ export interface ExitNotice {
   readonly reason: string;
 }
 
+/** Whose volumes: the qube and, for AppVM/DispVM, the TemplateVM its root comes from. */
+export interface VolumeOwner {
+  readonly name: string;
+  readonly uuid: string;
+  readonly klass: 'TemplateVM' | 'AppVM' | 'StandaloneVM' | 'DispVM';
+  readonly rootTemplateUuid: string | null;
+}
+
+/** admin.vm.volume.Info, in Qubes' key order. */
+export interface VolumeInfo {
+  readonly pool: string;
+  readonly vid: string;
+  readonly size: number;
+  readonly usage: number;
+  readonly rw: boolean;
+  readonly source: string | null;
+  readonly path: string;
+  readonly save_on_stop: boolean;
+  readonly snap_on_start: boolean;
+  readonly revisions_to_keep: number;
+  readonly ephemeral: boolean;
+}
+
+/** A prepared directory tree to install as a TemplateVM's root volume. */
+export interface RootImport {
+  readonly dir: string;
+  /** The tree has no /usr; the host's /usr is bound read-only (host templates). */
+  readonly hostUsr: boolean;
+  readonly source: string;
+}
+
+export interface VolumeManager {
+  /** Volume names of the qube (`root`, `private`, `volatile`, …). */
+  names(owner: VolumeOwner): readonly string[];
+  info(owner: VolumeOwner, volume: string): Promise<VolumeInfo>;
+  /** Copies one persistent volume from `src` to `dst` (qvm-clone); `dst`'s old copy is replaced. */
+  clone(src: VolumeOwner, dst: VolumeOwner, volume: string): Promise<void>;
+  importRoot(owner: VolumeOwner, from: RootImport): Promise<void>;
+  /** Deletes every volume of a removed qube. */
+  remove(uuid: string): void;
+}
+
 export interface HypervisorBackend {
   readonly kind: BackendKind;
   readonly capabilities: BackendCapabilities;
+  readonly volumes?: VolumeManager;
   /** Resolves once the qube is Running (agent connected); rejects with a user-facing message. */
   start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void>;
   /**
@@ -70,8 +113,9 @@ export interface HypervisorBackend {
   /**
    * Runs `USER:COMMAND` in a running qube through its agent; resolves with the data connection
    * (qrexec DATA_* frames both ways, docs/protocol/qrexec.md). The caller owns the socket.
+   * `justExec`: start it without I/O; the connection only reports whether it started.
    */
-  exec(name: string, cmdline: string): Promise<Duplex>;
+  exec(name: string, cmdline: string, justExec?: boolean): Promise<Duplex>;
   /** Called when a qube stops on its own (crash, OOM, poweroff inside). */
   onExit(listener: (notice: ExitNotice) => void): () => void;
   /** Stops or re-adopts everything on daemon shutdown; no orphaned processes or mounts. */

@@ -25,6 +25,15 @@ export const MSG_HELLO = 0x300;
 export const MSG_DATA_CONNECT = 0x1000;
 /** Bulkhead-specific: empty payload; the daemon asks the agent to power the qube off. */
 export const MSG_SHUTDOWN = 0x1001;
+/**
+ * Admin domain client → daemon (qvm-run): the first frame on the daemon's dom0 exec socket.
+ * Payload: exec params with connectDomain = flags (bit 0: autostart, bit 1: no I/O), connectPort = 0, and
+ * cmdline `TARGET USER:COMMAND` (USER empty = the qube's default user).
+ */
+export const MSG_CLIENT_EXEC = 0x1002;
+export const CLIENT_EXEC_AUTOSTART = 1;
+/** CLIENT_EXEC flag bit 1: run without passing I/O (qrexec JUST_EXEC); only the start is reported. */
+export const MSG_JUST_EXEC_FLAG = 2;
 
 export const QREXEC_PROTOCOL_VERSION = 3;
 /** Size of the {type, len} header preceding every payload. */
@@ -49,6 +58,7 @@ const KNOWN_TYPES: ReadonlySet<number> = new Set([
   MSG_HELLO,
   MSG_DATA_CONNECT,
   MSG_SHUTDOWN,
+  MSG_CLIENT_EXEC,
 ]);
 
 const EXEC_PARAMS_HEADER = 8;

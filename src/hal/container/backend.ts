@@ -20,7 +20,7 @@ import { cgroupUsage, detectCgroupMode, type CgroupMode } from './cgroups.js';
 import { Crun, lastLines } from './crun.js';
 import { buildOciConfig, RUNTIME_DIRS } from './oci.js';
 import { containerId, hostUidBase, qubePaths, type QubePaths } from './paths.js';
-import { checkRootVolume, ensurePrivate } from './volumes.js';
+import { checkRootVolume, ContainerVolumes, ensurePrivate } from './volumes.js';
 
 export interface ContainerBackendOptions {
   readonly dataDir: string;
@@ -83,6 +83,7 @@ function prepareDataDir(dataDir: string): void {
 export class ContainerBackend implements HypervisorBackend {
   readonly kind = 'container' as const;
   readonly capabilities: BackendCapabilities;
+  readonly volumes: ContainerVolumes;
   readonly #opts: ContainerBackendOptions;
   readonly #log: Logger;
   readonly #crun: Crun;
@@ -96,6 +97,7 @@ export class ContainerBackend implements HypervisorBackend {
     this.#log = opts.log;
     this.#cgroupMode = mode;
     this.#crun = new Crun(mode);
+    this.volumes = new ContainerVolumes(opts.dataDir);
     const cg = mode !== 'none';
     this.capabilities = { pause: cg, memoryLimit: cg, cpuLimit: cg, gracefulShutdown: true, ownKernel: false };
     this.#watchdog = setInterval(() => { this.#checkAll(); }, WATCHDOG_MS);
@@ -238,7 +240,7 @@ export class ContainerBackend implements HypervisorBackend {
         clearInterval(poll);
       }
       q.state = 'Running';
-      channel.onDisconnect(() => { this.#check(q); });
+      channel.onDisconnect(() => { this.#watchExit(q); });
       this.#log.info({ qube: spec.name, pid: q.pid }, 'qube running');
     } catch (err) {
       q.stopping = true;
@@ -256,6 +258,15 @@ export class ContainerBackend implements HypervisorBackend {
     void this.#teardown(q).then(() => {
       for (const l of this.#listeners) l({ name: q.name, state: 'Halted', reason });
     });
+  }
+
+  /** After the agent hung up: notice the qube's end at once rather than at the next watchdog tick. */
+  #watchExit(q: RunningQube): void {
+    let tries = 0;
+    const t = setInterval(() => {
+      this.#check(q);
+      if (q.state === 'Halted' || q.stopping || ++tries > 100) clearInterval(t);
+    }, 20);
   }
 
   #checkAll(): void {
@@ -335,10 +346,10 @@ export class ContainerBackend implements HypervisorBackend {
     return u === undefined ? undefined : { memKiB: Math.round(u.memBytes / 1024), cpuTimeNs: u.cpuNs };
   }
 
-  async exec(name: string, cmdline: string): Promise<Duplex> {
+  async exec(name: string, cmdline: string, justExec = false): Promise<Duplex> {
     const q = this.#get(name);
     if (q.state !== 'Running') throw new Error(`'${name}' is ${q.state === 'Paused' ? 'paused' : 'not running'}`);
-    return q.channel.exec(cmdline);
+    return q.channel.exec(cmdline, justExec);
   }
 
   onExit(listener: (notice: ExitNotice) => void): () => void {

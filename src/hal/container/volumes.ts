@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import type { RootImport, VolumeInfo, VolumeManager, VolumeOwner } from '../types.js';
 import { qubePaths, type QubePaths } from './paths.js';
 
 const run = promisify(execFile);
@@ -78,32 +79,6 @@ export async function usageBytes(dir: string): Promise<number> {
   }
 }
 
-/** Copies the persistent volumes of one qube to another (qvm-clone). */
-export async function cloneVolumes(dataDir: string, srcUuid: string, dstUuid: string): Promise<void> {
-  const src = qubePaths(dataDir, srcUuid);
-  const dst = qubePaths(dataDir, dstUuid);
-  fs.mkdirSync(dst.dir, { recursive: true, mode: 0o700 });
-  try {
-    if (fs.existsSync(src.private)) await copyTree(src.private, dst.private);
-    if (fs.existsSync(src.root)) {
-      await copyTree(src.root, dst.root);
-      fs.copyFileSync(src.rootMeta, dst.rootMeta);
-    }
-  } catch (err) {
-    fs.rmSync(dst.dir, { recursive: true, force: true });
-    throw err;
-  }
-}
-
-/** Gives a qube its own copy of another's root (StandaloneVM created from a template). */
-export async function copyRoot(dataDir: string, srcUuid: string, dstUuid: string): Promise<void> {
-  const src = qubePaths(dataDir, srcUuid);
-  const dst = qubePaths(dataDir, dstUuid);
-  fs.mkdirSync(dst.dir, { recursive: true, mode: 0o700 });
-  await copyTree(src.root, dst.root);
-  fs.copyFileSync(src.rootMeta, dst.rootMeta);
-}
-
 /** Installs a root volume from a prepared directory (template build). */
 export async function importRoot(dataDir: string, uuid: string, srcDir: string, meta: RootMeta): Promise<void> {
   const p = qubePaths(dataDir, uuid);
@@ -125,4 +100,97 @@ export async function importRoot(dataDir: string, uuid: string, srcDir: string, 
 
 export function removeVolumes(dataDir: string, uuid: string): void {
   fs.rmSync(qubePaths(dataDir, uuid).dir, { recursive: true, force: true });
+}
+
+const POOL = 'bulkhead-dir';
+
+function ownsRoot(o: VolumeOwner): boolean {
+  return o.klass === 'TemplateVM' || o.klass === 'StandaloneVM';
+}
+
+/** The container backend's volumes (admin.vm.volume.*). */
+export class ContainerVolumes implements VolumeManager {
+  readonly #dataDir: string;
+
+  constructor(dataDir: string) {
+    this.#dataDir = dataDir;
+  }
+
+  names(): readonly string[] {
+    return ['private', 'root', 'volatile'];
+  }
+
+  async info(o: VolumeOwner, volume: string): Promise<VolumeInfo> {
+    const p = qubePaths(this.#dataDir, o.uuid);
+    const vid = `${o.uuid}/${volume}`;
+    const base = { pool: POOL, vid, rw: true, revisions_to_keep: 0, ephemeral: false };
+    switch (volume) {
+      case 'root': {
+        if (ownsRoot(o)) {
+          const usage = await usageBytes(p.root);
+          return { ...base, size: usage, usage, source: null, path: p.root, save_on_stop: true, snap_on_start: false };
+        }
+        const t = o.rootTemplateUuid === null ? undefined : qubePaths(this.#dataDir, o.rootTemplateUuid);
+        const usage = await usageBytes(path.join(p.volatile, 'upper'));
+        return {
+          ...base, size: t === undefined ? usage : await usageBytes(t.root), usage,
+          source: o.rootTemplateUuid === null ? null : `${o.rootTemplateUuid}/root`,
+          path: t?.root ?? '', save_on_stop: false, snap_on_start: true,
+        };
+      }
+      case 'private': {
+        const disp = o.klass === 'DispVM';
+        const dir = disp ? path.join(p.volatile, 'private') : p.private;
+        const usage = await usageBytes(dir);
+        return { ...base, size: usage, usage, source: null, path: dir, save_on_stop: !disp, snap_on_start: false };
+      }
+      case 'volatile': {
+        const usage = await usageBytes(p.volatile);
+        return { ...base, size: usage, usage, source: null, path: p.volatile, save_on_stop: false, snap_on_start: false };
+      }
+      default:
+        throw new Error(`no volume '${volume}'`);
+    }
+  }
+
+  async clone(src: VolumeOwner, dst: VolumeOwner, volume: string): Promise<void> {
+    const s = qubePaths(this.#dataDir, src.uuid);
+    const d = qubePaths(this.#dataDir, dst.uuid);
+    fs.mkdirSync(d.dir, { recursive: true, mode: 0o711 });
+    if (volume === 'private') {
+      if (src.klass === 'DispVM' || dst.klass === 'DispVM') throw new Error('a disposable\'s private volume is not persistent');
+      await replaceTree(fs.existsSync(s.private) ? s.private : undefined, d.private);
+      return;
+    }
+    if (volume === 'root') {
+      if (!ownsRoot(src) || !ownsRoot(dst)) throw new Error('only a TemplateVM or StandaloneVM root can be copied');
+      checkRootVolume(s, src.name);
+      await replaceTree(s.root, d.root);
+      fs.copyFileSync(s.rootMeta, d.rootMeta);
+      return;
+    }
+    throw new Error(`volume '${volume}' cannot be cloned`);
+  }
+
+  async importRoot(o: VolumeOwner, from: RootImport): Promise<void> {
+    if (!ownsRoot(o)) throw new Error(`only a TemplateVM or StandaloneVM has its own root (not a ${o.klass})`);
+    await importRoot(this.#dataDir, o.uuid, from.dir, { hostUsr: from.hostUsr, source: from.source });
+  }
+
+  remove(uuid: string): void {
+    removeVolumes(this.#dataDir, uuid);
+  }
+}
+
+/** Replaces `dst` with a copy of `src` (or an empty private volume) without a half-copied state. */
+async function replaceTree(src: string | undefined, dst: string): Promise<void> {
+  const staged = `${dst}.new`;
+  fs.rmSync(staged, { recursive: true, force: true });
+  if (src === undefined) ensurePrivate(staged);
+  else await copyTree(src, staged);
+  const old = `${dst}.old`;
+  fs.rmSync(old, { recursive: true, force: true });
+  if (fs.existsSync(dst)) fs.renameSync(dst, old);
+  fs.renameSync(staged, dst);
+  fs.rmSync(old, { recursive: true, force: true });
 }
