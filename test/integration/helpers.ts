@@ -10,6 +10,27 @@ import path from 'node:path';
 import { after, before, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminClient } from '../../src/cli/client.js';
+import { detectCgroupMode } from '../../src/hal/container/cgroups.js';
+import { Crun } from '../../src/hal/container/crun.js';
+
+/** Removes every crun container whose bundle lies under `dir` (qubes of a test's daemon). */
+export async function reapContainers(dir: string): Promise<string[]> {
+  const crun = new Crun(detectCgroupMode());
+  let all;
+  try {
+    all = await crun.list();
+  } catch {
+    return [];
+  }
+  const reaped: string[] = [];
+  for (const c of all) {
+    if (c.bundle.startsWith(`${dir}/`)) {
+      await crun.delete(c.id, true).catch(() => undefined);
+      reaped.push(c.id);
+    }
+  }
+  return reaped;
+}
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..');
 export const BIN_DIR = path.join(REPO_ROOT, 'bin');
@@ -286,6 +307,8 @@ export class Daemon {
   constructor(opts: StartOptions = {}) {
     this.#opts = opts;
     this.tmpDir = makeTempDir();
+    // Qubes' host uids must be able to traverse to their volatile dirs (never list them).
+    fs.chmodSync(this.tmpDir, 0o711);
     this.dataDir = path.join(this.tmpDir, 'data');
     this.socketPath = path.join(this.tmpDir, 'run', 'qubesd.sock');
   }
@@ -343,6 +366,8 @@ export class Daemon {
     try {
       return this.#proc ? await signalAndWait(this.#proc, signal) : undefined;
     } finally {
+      // A daemon that died hard leaves its qubes running: never leak them past the test.
+      await reapContainers(this.tmpDir);
       removeTempDir(this.tmpDir);
     }
   }
