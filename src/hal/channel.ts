@@ -106,6 +106,8 @@ export class QubeChannel {
     };
     sock.on('error', () => { /* reported through close */ });
     sock.once('close', done);
+    // A peer that hangs up before identifying itself gets no half-open connection.
+    sock.once('end', () => { if (!identified) sock.destroy(); });
     const onData = (untrustedChunk: Buffer): void => {
       let frames;
       try {
@@ -208,7 +210,8 @@ export class QubeChannel {
 
   /**
    * Asks the agent to run `user:command` and resolves with the data connection (DATA_STDIN
-   * from us; DATA_STDOUT/STDERR/EXIT_CODE from the qube). The caller owns the socket.
+   * from us; DATA_STDOUT/STDERR/EXIT_CODE from the qube). The caller owns the socket, which
+   * comes paused: pipe() it or resume() it once listening.
    */
   exec(cmdline: string, justExec = false): Promise<net.Socket> {
     const control = this.#control;

@@ -18,6 +18,11 @@ export function detectCgroupMode(): CgroupMode {
   } catch {
     return 'none';
   }
+  return cgroupModeOf(mounts);
+}
+
+/** The layout described by a /proc/self/mountinfo text. */
+export function cgroupModeOf(mounts: string): CgroupMode {
   let v2AtRoot = false;
   let v2Elsewhere = false;
   let v1 = false;
