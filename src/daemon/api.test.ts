@@ -227,7 +227,7 @@ describe('Admin API wire format (golden bytes)', () => {
 
   test('every declared method names its scope and shape', () => {
     for (const m of METHODS.values()) {
-      assert.match(m.name, /^admin\.[A-Za-z.]+$/);
+      assert.match(m.name, /^(admin|bulkhead)\.[A-Za-z.]+$/);
       assert.ok((['read', 'write'] as string[]).includes(m.scope));
       assert.ok((m.handler === undefined) !== (m.stream === undefined), `${m.name}: handler xor stream`);
       assert.ok(m.help.length > 0);

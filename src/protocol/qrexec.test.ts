@@ -295,7 +295,7 @@ void describe('FrameParser', () => {
   });
 
   void test('unknown types are rejected by default', () => {
-    for (const type of [0, 0x18f, 0x194, 0x204, 0x301, 0x1002, 0xffffffff]) {
+    for (const type of [0, 0x18f, 0x194, 0x204, 0x301, 0x1003, 0xffffffff]) {
       assert.throws(() => new FrameParser().push(header(type, 0)), isProtocolError);
     }
   });
@@ -493,5 +493,29 @@ void describe('properties', () => {
         assert.equal(parseExitCode(encodeExitCode(code).subarray(8)), code);
       }),
     );
+  });
+});
+
+void describe('FrameParser.takeBuffered', () => {
+  void test('hands back exactly the bytes not yet returned, a decoded header included', () => {
+    const parser = new FrameParser();
+    const a = encodeFrame(MSG_DATA_STDOUT, Buffer.from('abc'));
+    const b = encodeFrame(MSG_DATA_STDERR, Buffer.from('defgh'));
+    const frames = parser.push(Buffer.concat([a, b.subarray(0, 10)]));
+    assert.equal(frames.length, 1);
+    assert.deepEqual(parser.takeBuffered(), b.subarray(0, 10));
+    assert.equal(parser.pending, 0);
+    assert.deepEqual(parser.push(b), [{ type: MSG_DATA_STDERR, payload: Buffer.from('defgh') }]);
+  });
+
+  void test('any split: frames returned + takeBuffered = the input', () => {
+    fc.assert(fc.property(fc.array(fc.uint8Array({ maxLength: 40 }), { maxLength: 6 }), fc.nat(), (payloads, cut) => {
+      const whole = Buffer.concat(payloads.map((p) => encodeFrame(MSG_DATA_STDOUT, p)));
+      const at = whole.length === 0 ? 0 : cut % whole.length;
+      const parser = new FrameParser();
+      const frames = parser.push(whole.subarray(0, at));
+      const rebuilt = Buffer.concat([...frames.map((f) => encodeFrame(f.type, f.payload)), parser.takeBuffered()]);
+      assert.deepEqual(rebuilt, whole.subarray(0, at));
+    }));
   });
 });

@@ -560,7 +560,7 @@ void describe('qvm-remove and qvm-clone', () => {
   });
 });
 
-void describe('power commands without an isolation backend', () => {
+void describe('power commands on qubes whose template has no root volume yet', () => {
   const daemon = suiteDaemon({ defaultQubes: true });
 
   it('qvm-start fails with exit 1 and a clear message; the qube stays Halted', async () => {
@@ -568,8 +568,8 @@ void describe('power commands without an isolation backend', () => {
     const r = await d.run('qvm-start', ['work']);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /work/);
-    assert.match(r.stderr, /backend/);
-    assert.match(r.stderr, /not available/);
+    assert.match(r.stderr, /'debian-12' has no root volume/);
+    assert.match(r.stderr, /bulkhead template build/);
     assert.deepEqual(parseTable(await ok(d, 'qvm-ls', ['-O', 'name,state', 'work'])).rows, [['work', 'Halted']]);
     assert.equal((await d.run('qvm-check', ['--running', 'work'])).code, 1);
     const cs = await d.client().call({ method: 'admin.vm.CurrentState', dest: 'work' });

@@ -524,7 +524,7 @@ describe('qube isolation: attacks from inside a qube, as its root', { skip: NO_P
     assert.match(get(kv, 'cmd'), /Operation not permitted/);
   });
 
-  test('no kernel modules: init_module, finit_module, delete_module refused; no module tools reach the host', async () => {
+  test('no kernel modules: init_module, finit_module, delete_module refused; the modprobe path cannot be redirected', async () => {
     const h = host();
     const kv = await py(h, 'attacker', String.raw`
       fd = os.open('/usr/bin/true', os.O_RDONLY)

@@ -15,6 +15,26 @@ import {
   type Command,
 } from '../common.js';
 
+/**
+ * Copies volumes from `src` to `dst` (admin.vm.volume.CloneFrom / CloneTo, as Qubes' client
+ * does), for each volume of `dst` that `pick` selects by its Info.
+ */
+async function cloneVolumes(
+  client: AdminClient,
+  src: string,
+  dst: string,
+  pick: (info: Map<string, string>, volume: string) => boolean,
+): Promise<void> {
+  const names = (await client.call({ method: 'admin.vm.volume.List', dest: dst })).split('\n').filter((v) => v !== '');
+  for (const volume of names) {
+    const text = await client.call({ method: 'admin.vm.volume.Info', dest: dst, arg: volume });
+    const info = new Map(text.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    if (!pick(info, volume)) continue;
+    const token = await client.call({ method: 'admin.vm.volume.CloneFrom', dest: src, arg: volume });
+    await client.call({ method: 'admin.vm.volume.CloneTo', dest: dst, arg: volume, payload: token });
+  }
+}
+
 /** Properties a clone does not copy: identity, class, read-only and the ones set at create. */
 const NOT_COPIED = new Set(['name', 'qid', 'uuid', 'klass', 'icon', 'updateable', 'label', 'template']);
 
@@ -87,16 +107,14 @@ export const qvmCreate: Command = {
         return 1;
       }
       const template = a.str('template');
-      if (template !== undefined && (matched === 'TemplateVM' || matched === 'StandaloneVM')) {
-        throw new UsageError(
-          `a ${matched} has no template; copying a template's root into a new qube comes with volumes (qvm-clone)`,
-        );
-      }
+      // A TemplateVM or StandaloneVM made "from" a template gets its own copy of that root.
+      const rootFrom = template !== undefined && (matched === 'TemplateVM' || matched === 'StandaloneVM') ? template : undefined;
+      if (rootFrom !== undefined) await requireDomains(a.client, [rootFrom]);
       try {
         await a.client.call({
           method: `admin.vm.Create.${matched}`,
           dest: 'dom0',
-          arg: template ?? '',
+          arg: rootFrom === undefined ? (template ?? '') : '',
           payload: `name=${name} label=${label}`,
         });
       } catch (err) {
@@ -105,6 +123,15 @@ export const qvmCreate: Command = {
           return 1;
         }
         throw err;
+      }
+      if (rootFrom !== undefined) {
+        try {
+          await cloneVolumes(a.client, rootFrom, name, (_v, volume) => volume === 'root');
+        } catch (err) {
+          errorLine(prog, `copying the root of '${rootFrom}' failed: ${(err as Error).message}; '${name}' was not created`);
+          await rollback(a.client, prog, name);
+          return 1;
+        }
       }
       for (const [prop, value] of props) {
         try {
@@ -123,7 +150,7 @@ export const qvmCreate: Command = {
 export const qvmClone: Command = {
   name: 'qvm-clone',
   usage: '[-h] [--socket PATH] [-C CLASS] [-l LABEL] [-q] SOURCE NEW_NAME',
-  summary: 'Create a copy of a qube: its properties, features, tags and notes (volumes once they exist).',
+  summary: 'Create a copy of a qube: its properties, features, tags, notes and persistent volumes.',
   run(argv, prog) {
     return runCommand(this, prog, async () => {
       const a = parse(argv, { class: { type: 'string', short: 'C' }, label: { type: 'string', short: 'l' } });
@@ -164,6 +191,7 @@ export const qvmClone: Command = {
         }
         const notes = await a.client.callRaw({ method: 'admin.vm.notes.Get', dest: src });
         if (notes.length > 0) await a.client.call({ method: 'admin.vm.notes.Set', dest: dst, payload: notes });
+        await cloneVolumes(a.client, src, dst, (v) => v.get('save_on_stop') === 'True');
       } catch (err) {
         errorLine(prog, `cloning ${src} to ${dst} failed: ${(err as Error).message}; nothing was kept`);
         await rollback(a.client, prog, dst);

@@ -164,6 +164,8 @@ export class ContainerVolumes implements VolumeManager {
     }
     if (volume === 'root') {
       if (!ownsRoot(src) || !ownsRoot(dst)) throw new Error('only a TemplateVM or StandaloneVM root can be copied');
+      // A template that was never built has no root yet: the copy has none either.
+      if (readRootMeta(s) === undefined) return;
       checkRootVolume(s, src.name);
       await replaceTree(s.root, d.root);
       fs.copyFileSync(s.rootMeta, d.rootMeta);
