@@ -129,6 +129,158 @@ describe('container qubes: lifecycle', () => {
     assert.equal(await h.state('work'), 'Halted');
     assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
     const uuid = await h.uuid('work');
-    assert.equal(fs.existsSync(path.join(h.daemon.dataDir, 'vm', uuid, 'volatile')), false);
+    assert.equal(fs.existsSync(path.join(h.daemon.dataDir, 'volatile', uuid)), false);
+  });
+});
+
+describe('container qubes: volumes', () => {
+  const host = suiteQubes(['work']);
+
+  test('qvm-volume shows Qubes semantics: AppVM root is a snapshot of its template, private is kept', async () => {
+    const h = host();
+    const root = await h.ok('qvm-volume', ['info', 'work:root']);
+    assert.match(root, /^snap_on_start +True$/m);
+    assert.match(root, /^save_on_stop +False$/m);
+    assert.match(root, new RegExp(`^source +${await h.uuid('tpl')}/root$`, 'm'));
+    const priv = await h.ok('qvm-volume', ['info', 'work:private']);
+    assert.match(priv, /^save_on_stop +True$/m);
+    assert.equal((await h.ok('qvm-volume', ['info', 'work:private', 'rw'])).trim(), 'True');
+    const list = await h.ok('qvm-volume', ['list', 'work']);
+    assert.deepEqual(list.trim().split('\n').slice(1).map((l) => l.split(/ +/)[2]), ['private', 'root', 'volatile']);
+    const bad = await h.run('qvm-volume', ['info', 'work:nosuch']);
+    assert.equal(bad.code, 2);
+  });
+
+  test('qvm-clone copies the private volume; qvm-remove deletes the clone\'s volumes', async () => {
+    const h = host();
+    await h.exec('work', 'echo precious > /home/user/data.txt');
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
+    await h.ok('qvm-clone', ['work', 'work-copy']);
+    assert.equal((await h.exec('work-copy', 'cat /home/user/data.txt')).stdout, 'precious\n');
+    await h.exec('work-copy', 'echo changed > /home/user/data.txt');
+    assert.equal((await h.exec('work', 'cat /home/user/data.txt')).stdout, 'precious\n');
+    const uuid = await h.uuid('work-copy');
+    const dir = path.join(h.daemon.dataDir, 'vm', uuid);
+    assert.ok(fs.existsSync(path.join(dir, 'private')));
+    await h.ok('qvm-shutdown', ['--wait', 'work-copy']);
+    await h.ok('qvm-remove', ['-f', 'work-copy']);
+    assert.equal(fs.existsSync(dir), false);
+  });
+
+  test('a StandaloneVM made from a template has its own persistent root', async () => {
+    const h = host();
+    await h.ok('qvm-create', ['--standalone', '-t', 'tpl', '-l', 'green', 'alone']);
+    const w = await h.root('alone', 'echo mine > /etc/standalone-marker && cat /etc/standalone-marker');
+    assert.equal(w.stdout, 'mine\n', w.stderr);
+    await h.ok('qvm-shutdown', ['--wait', 'alone']);
+    assert.equal((await h.root('alone', 'cat /etc/standalone-marker')).stdout, 'mine\n');
+    assert.match((await h.exec('work', 'cat /etc/standalone-marker 2>&1 || true')).stdout, /No such file/);
+    const root = await h.ok('qvm-volume', ['info', 'alone:root']);
+    assert.match(root, /^save_on_stop +True$/m);
+    await h.ok('qvm-shutdown', ['--wait', 'alone']);
+    await h.ok('qvm-remove', ['-f', 'alone']);
+  });
+
+  test('a DispVM loses everything at shutdown, its private volume included', async () => {
+    const h = host();
+    await h.ok('qvm-create', ['-t', 'tpl', '-l', 'red', '--prop', 'template_for_dispvms=True', 'dvm']);
+    await h.ok('qvm-create', ['-C', 'DispVM', '-t', 'dvm', '-l', 'red', 'disp1']);
+    await h.exec('disp1', 'echo temp > /home/user/t.txt');
+    assert.equal((await h.exec('disp1', 'cat /home/user/t.txt')).stdout, 'temp\n');
+    assert.match(await h.ok('qvm-volume', ['info', 'disp1:private']), /^save_on_stop +False$/m);
+    await h.ok('qvm-shutdown', ['--wait', 'disp1']);
+    assert.match((await h.exec('disp1', 'cat /home/user/t.txt 2>&1 || true')).stdout, /No such file/);
+    await h.ok('qvm-shutdown', ['--wait', 'disp1']);
+  });
+});
+
+describe('container qubes: bad input and failures', () => {
+  const host = suiteQubes(['work']);
+
+  test('a template without a root volume: clear error, qube Halted, nothing left behind', async () => {
+    const h = host();
+    await h.ok('qvm-create', ['-C', 'TemplateVM', '-l', 'black', 'empty-tpl']);
+    await h.ok('qvm-create', ['-t', 'empty-tpl', '-l', 'red', 'orphan']);
+    const r = await h.run('qvm-start', ['orphan']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /'empty-tpl' has no root volume: build one with 'bulkhead template build/);
+    assert.equal(await h.state('orphan'), 'Halted');
+    assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
+    assert.equal(fs.existsSync(path.join(h.daemon.dataDir, 'volatile', await h.uuid('orphan'))), false);
+  });
+
+  test('a damaged private volume: the start fails, the qube stays Halted, its data untouched', async () => {
+    const h = host();
+    await h.ok('qvm-create', ['-t', 'tpl', '-l', 'red', 'damaged']);
+    const dir = path.join(h.daemon.dataDir, 'vm', await h.uuid('damaged'));
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    fs.writeFileSync(path.join(dir, 'private'), 'not a directory, but precious\n');
+    const r = await h.run('qvm-start', ['damaged']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Start failed: the private volume is damaged/);
+    assert.equal(await h.state('damaged'), 'Halted');
+    assert.equal(fs.readFileSync(path.join(dir, 'private'), 'utf8'), 'not a directory, but precious\n');
+    assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
+    assert.equal(fs.existsSync(path.join(h.daemon.dataDir, 'volatile', await h.uuid('damaged'))), false);
+  });
+
+  test('links a qube plants in its private volume are never followed by the admin domain', async () => {
+    const h = host();
+    const hostTarget = path.join(h.daemon.tmpDir, 'attack-target');
+    const privateDir = path.join(h.daemon.dataDir, 'vm', await h.uuid('work'), 'private');
+    // As the qube's root: /rw/home becomes a link to host paths (one missing, one existing).
+    const plant = await h.root('work', `rm -rf /rw/home && ln -s ${hostTarget} /rw/home && ln -s ${h.daemon.dataDir} /rw/data && echo planted`);
+    assert.equal(plant.stdout, 'planted\n', plant.stderr);
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
+    await h.ok('qvm-start', ['work']);
+    assert.equal(fs.existsSync(hostTarget), false, 'the daemon created a directory through the planted link');
+    assert.equal(fs.readlinkSync(path.join(privateDir, 'home')), hostTarget, 'the qube\'s data was changed');
+    const look = await h.root('work', `ls ${h.daemon.dataDir} /rw/data/ 2>&1; ls /home/ 2>&1; echo end`);
+    assert.doesNotMatch(look.stdout, /qubes\.json/);
+    assert.match(look.stdout, /end\n$/);
+    // Repair, as the qube's owner would.
+    await h.root('work', 'rm -f /rw/home /rw/data && mkdir -p /rw/home/user && chown 1000:1000 /rw/home/user');
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
+  });
+
+  test('invalid memory values are refused before anything starts', async () => {
+    const h = host();
+    for (const v of ['-5', 'lots', '1.5']) {
+      const r = await h.run('qvm-prefs', ['work', 'maxmem', v]);
+      assert.notEqual(r.code, 0, v);
+    }
+    assert.equal(await h.state('work'), 'Halted');
+  });
+
+  test('template build refuses a name that is not a TemplateVM, and unknown kinds', async () => {
+    const h = host();
+    const r = await h.run('bulkhead', ['template', 'build', 'host', 'work']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /not a TemplateVM/);
+    assert.equal((await h.run('bulkhead', ['template', 'build', 'alpine'])).code, 2);
+  });
+});
+
+describe('container qubes: daemon restarts', () => {
+  const host = suiteQubes(['work']);
+
+  test('a daemon killed with SIGKILL leaves qubes that the next daemon stops cleanly', async () => {
+    const h = host();
+    await h.ok('qvm-start', ['work']);
+    await h.daemon.kill('SIGKILL');
+    await h.daemon.start();
+    assert.equal(await h.state('work'), 'Halted');
+    assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
+    assert.equal(fs.existsSync(path.join(h.daemon.dataDir, 'volatile', await h.uuid('work'))), false);
+    assert.equal((await h.exec('work', 'echo again')).stdout, 'again\n');
+  });
+
+  test('a daemon stopped with SIGTERM stops its qubes first', async () => {
+    const h = host();
+    await h.ok('qvm-start', ['--skip-if-running', 'work']);
+    await h.daemon.kill('SIGTERM');
+    assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
+    await h.daemon.start();
+    assert.equal(await h.state('work'), 'Halted');
   });
 });

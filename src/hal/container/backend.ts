@@ -64,14 +64,17 @@ function pidAlive(pid: number): boolean {
 }
 
 /**
- * The data dir and its vm/ folder must be traversable (mode 0711, never listable) by the qubes'
- * host uids, and so must every folder above it.
+ * The data dir and its volatile/ folder must be traversable (mode 0711, never listable) by the
+ * qubes' host uids, and so must every folder above it; vm/ (persistent volumes) is root's alone.
  */
 function prepareDataDir(dataDir: string): void {
   const vm = path.join(dataDir, 'vm');
-  fs.mkdirSync(vm, { recursive: true, mode: 0o711 });
+  const volatile = path.join(dataDir, 'volatile');
+  fs.mkdirSync(vm, { recursive: true, mode: 0o700 });
+  fs.mkdirSync(volatile, { recursive: true, mode: 0o711 });
   fs.chmodSync(dataDir, 0o711);
-  fs.chmodSync(vm, 0o711);
+  fs.chmodSync(vm, 0o700);
+  fs.chmodSync(volatile, 0o711);
   for (let dir = path.dirname(path.resolve(dataDir)); ; dir = path.dirname(dir)) {
     if ((fs.statSync(dir).mode & 0o001) === 0) {
       throw new Error(`the data dir must be reachable by unprivileged uids, but ${dir} is not (chmod o+x it, or pick another --data-dir)`);
@@ -119,7 +122,7 @@ export class ContainerBackend implements HypervisorBackend {
       await backend.#crun.call(['--version']);
     } catch (err) {
       clearInterval(backend.#watchdog);
-      throw new Error(`crun is not usable: ${(err as Error).message}`);
+      throw new Error(`crun is not usable: ${(err as Error).message}`, { cause: err });
     }
     await backend.#reapLeftovers();
     opts.log.info({ cgroups: mode }, 'container backend ready');
@@ -138,7 +141,7 @@ export class ContainerBackend implements HypervisorBackend {
       await this.#crun.delete(c.id, true).catch((err: unknown) => {
         this.#log.error({ container: c.id, err: (err as Error).message }, 'cannot remove leftover container');
       });
-      fs.rmSync(path.join(c.bundle, '..', 'volatile'), { recursive: true, force: true });
+      fs.rmSync(qubePaths(this.#opts.dataDir, c.id.slice(3)).volatile, { recursive: true, force: true });
     }
   }
 
@@ -156,64 +159,75 @@ export class ContainerBackend implements HypervisorBackend {
     // A container with this id may survive a crash of an earlier daemon: never run two.
     await this.#crun.delete(id, true);
     const volatile = paths.volatile;
-    fs.rmSync(volatile, { recursive: true, force: true });
-    const top = path.join(volatile, 'top');
-    const upper = path.join(volatile, 'upper');
-    const work = path.join(volatile, 'work');
-    // crun sets up the root and the overlays as the qube's host uid: it needs to traverse (not
-    // list) the way to its volatile directory. Volumes and runtime files stay 0700.
-    fs.mkdirSync(paths.dir, { recursive: true, mode: 0o711 });
-    fs.chmodSync(paths.dir, 0o711);
-    fs.mkdirSync(volatile, { mode: 0o711 });
-    fs.mkdirSync(top, { mode: 0o755 });
-    fs.chownSync(top, base, base);
-    for (const d of [upper, work]) {
-      fs.mkdirSync(d, { mode: 0o700 });
-      fs.chownSync(d, base, base);
-    }
-    const topDirs: string[] = [];
-    for (const e of fs.readdirSync(rootPaths.root, { withFileTypes: true })) {
-      if (RUNTIME_DIRS.has(e.name) || (meta.hostUsr && e.name === 'usr')) continue;
-      const target = path.join(top, e.name);
-      if (e.isSymbolicLink()) {
-        fs.symlinkSync(fs.readlinkSync(path.join(rootPaths.root, e.name)), target);
-        fs.lchownSync(target, base, base);
-      } else if (e.isDirectory()) {
-        fs.mkdirSync(target);
-        topDirs.push(e.name);
-        if (!ownRoot) {
-          for (const d of [path.join(upper, e.name), path.join(work, e.name)]) {
-            fs.mkdirSync(d);
-            fs.chownSync(d, base, base);
+    fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
+    if (!dispPrivate) ensurePrivate(paths.private);
+    const cgroupsPath = this.#cgroupMode === 'none' ? null : `/bulkhead/${id}`;
+    let channel: QubeChannel | undefined;
+    try {
+      fs.rmSync(volatile, { recursive: true, force: true });
+      const top = path.join(volatile, 'top');
+      const upper = path.join(volatile, 'upper');
+      const work = path.join(volatile, 'work');
+      // crun sets up the root and the overlays as the qube's host uid: it needs to traverse (not
+      // list) the way to its volatile directory. Volumes and runtime files stay 0700.
+      fs.mkdirSync(volatile, { mode: 0o711 });
+      fs.mkdirSync(top, { mode: 0o755 });
+      fs.chownSync(top, base, base);
+      for (const d of [upper, work]) {
+        fs.mkdirSync(d, { mode: 0o700 });
+        fs.chownSync(d, base, base);
+      }
+      const topDirs: string[] = [];
+      fs.symlinkSync('rw/home', path.join(top, 'home'));
+      fs.lchownSync(path.join(top, 'home'), base, base);
+      for (const e of fs.readdirSync(rootPaths.root, { withFileTypes: true })) {
+        if (RUNTIME_DIRS.has(e.name) || (meta.hostUsr && e.name === 'usr')) continue;
+        // Names end up in mount options: only plain ones (an imported root has nothing else).
+        if (!/^[A-Za-z0-9._+-]+$/.test(e.name)) continue;
+        const target = path.join(top, e.name);
+        if (e.isSymbolicLink()) {
+          fs.symlinkSync(fs.readlinkSync(path.join(rootPaths.root, e.name)), target);
+          fs.lchownSync(target, base, base);
+        } else if (e.isDirectory()) {
+          fs.mkdirSync(target);
+          topDirs.push(e.name);
+          if (!ownRoot) {
+            for (const d of [path.join(upper, e.name), path.join(work, e.name)]) {
+              fs.mkdirSync(d);
+              fs.chownSync(d, base, base);
+            }
           }
         }
       }
+      const privateVolume = dispPrivate ? path.join(volatile, 'private') : paths.private;
+      if (dispPrivate) ensurePrivate(privateVolume);
+
+      fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
+      channel = await QubeChannel.listen(paths.socket, base, base);
+      const config = buildOciConfig({
+        spec,
+        top,
+        rootVolume: rootPaths.root,
+        volatileRoot: !ownRoot,
+        topDirs,
+        upper,
+        work,
+        hostUsr: meta.hostUsr,
+        privateVolume,
+        socket: paths.socket,
+        agentBundle: this.#opts.agentBundle,
+        nodeBinary: this.#opts.nodeBinary ?? process.execPath,
+        initBinary: this.#opts.initBinary ?? '/usr/bin/tini-static',
+        cgroupsPath,
+        pidsLimit: this.#opts.pidsLimit ?? 4096,
+      });
+      fs.writeFileSync(path.join(paths.run, 'config.json'), JSON.stringify(config), { mode: 0o600 });
+    } catch (err) {
+      // Nothing half-made stays behind: no volatile dir, no socket. Persistent volumes untouched.
+      await channel?.close();
+      fs.rmSync(volatile, { recursive: true, force: true });
+      throw err;
     }
-    const privateVolume = dispPrivate ? path.join(volatile, 'private') : paths.private;
-    ensurePrivate(privateVolume);
-
-    fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
-    const channel = await QubeChannel.listen(paths.socket, base, base);
-    const cgroupsPath = this.#cgroupMode === 'none' ? null : `/bulkhead/${id}`;
-    const config = buildOciConfig({
-      spec,
-      top,
-      rootVolume: rootPaths.root,
-      volatileRoot: !ownRoot,
-      topDirs,
-      upper,
-      work,
-      hostUsr: meta.hostUsr,
-      privateVolume,
-      socket: paths.socket,
-      agentBundle: this.#opts.agentBundle,
-      nodeBinary: this.#opts.nodeBinary ?? process.execPath,
-      initBinary: this.#opts.initBinary ?? '/usr/bin/tini-static',
-      cgroupsPath,
-      pidsLimit: this.#opts.pidsLimit ?? 4096,
-    });
-    fs.writeFileSync(path.join(paths.run, 'config.json'), JSON.stringify(config), { mode: 0o600 });
-
     let markExited!: () => void;
     const exited = new Promise<void>((resolve) => { markExited = resolve; });
     const q: RunningQube = {

@@ -96,7 +96,11 @@ function idmapOption(base: number): string {
   return `idmap=uids=0-${base}-${UID_RANGE};gids=0-${base}-${UID_RANGE}`;
 }
 
-/** Top-level directories never taken from the root volume (the runtime provides them). */
+/**
+ * Top-level directories never taken from the root volume (the runtime provides them; /home is a
+ * link to rw/home in the skeleton, resolved inside the qube — never a host path built from what
+ * the qube wrote into its private volume).
+ */
 export const RUNTIME_DIRS: ReadonlySet<string> = new Set(['proc', 'sys', 'dev', 'run', 'tmp', 'home', 'rw', 'lost+found']);
 
 export function buildOciConfig(i: OciInputs): OciConfig {
@@ -129,7 +133,6 @@ export function buildOciConfig(i: OciInputs): OciConfig {
   if (i.hostUsr) mounts.push({ destination: '/usr', type: 'bind', source: '/usr', options: ['rbind', 'ro', 'nosuid', 'nodev'] });
   mounts.push(
     { destination: '/rw', type: 'bind', source: i.privateVolume, options: ['rbind', 'rw', 'nosuid', 'nodev', idmap] },
-    { destination: '/home', type: 'bind', source: `${i.privateVolume}/home`, options: ['rbind', 'rw', 'nosuid', 'nodev', idmap] },
     { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', 'size=256m'] },
     { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=755', 'size=64m'] },
     { destination: `${AGENT_DIR}/agent`, type: 'bind', source: i.agentBundle, options: ['rbind', 'ro', 'nosuid', 'nodev'] },

@@ -21,7 +21,11 @@ export interface QubePaths {
   readonly rootMeta: string;
   /** Persistent private volume, mounted at /rw (and /home from /rw/home). */
   readonly private: string;
-  /** Discarded at every start: the top-level skeleton, overlay upper/work dirs, DispVM private. */
+  /**
+   * Discarded at every start: the top-level skeleton, overlay upper/work dirs, DispVM private.
+   * Kept apart from `dir`: crun, running as the qube's host uid, must traverse to it, while
+   * `dir` (the persistent volumes) stays closed (0700) to every host uid but root.
+   */
   readonly volatile: string;
   /** Runtime: OCI bundle, the qube's channel socket, console log. */
   readonly run: string;
@@ -37,7 +41,7 @@ export function qubePaths(dataDir: string, uuid: string): QubePaths {
     root: path.join(dir, 'root'),
     rootMeta: path.join(dir, 'root.json'),
     private: path.join(dir, 'private'),
-    volatile: path.join(dir, 'volatile'),
+    volatile: path.join(dataDir, 'volatile', uuid),
     run: path.join(dir, 'run'),
     socket: path.join(dir, 'run', 'qrexec.sock'),
     console: path.join(dir, 'run', 'console.log'),

@@ -45,13 +45,25 @@ export function checkRootVolume(p: QubePaths, owner: string): RootMeta {
 }
 
 /** Creates the private volume if missing: /home/user owned by uid/gid 1000 (0-based ids). */
+/**
+ * Everything inside a private volume is written by its qube: the admin domain never follows a
+ * link in it and never writes into it, except to create /home/user in a volume that has no
+ * `home` entry at all (lstat: a planted symlink counts as present and is left alone).
+ */
 export function ensurePrivate(dir: string): void {
-  if (fs.existsSync(path.join(dir, 'home'))) return;
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  fs.chmodSync(dir, 0o700);
-  fs.mkdirSync(path.join(dir, 'home', 'user'), { recursive: true, mode: 0o755 });
-  fs.chmodSync(path.join(dir, 'home', 'user'), 0o700);
-  fs.chownSync(path.join(dir, 'home', 'user'), 1000, 1000);
+  const top = fs.lstatSync(dir, { throwIfNoEntry: false });
+  if (top === undefined) {
+    // /rw inside the qube; its parent folder keeps host users out.
+    fs.mkdirSync(dir, { mode: 0o755 });
+  } else if (!top.isDirectory()) {
+    throw new Error(`the private volume is damaged (${dir} is not a directory); it was left untouched`);
+  }
+  const home = path.join(dir, 'home');
+  if (fs.lstatSync(home, { throwIfNoEntry: false }) !== undefined) return;
+  fs.mkdirSync(home, { mode: 0o755 });
+  const user = path.join(home, 'user');
+  fs.mkdirSync(user, { mode: 0o700 });
+  fs.chownSync(user, 1000, 1000);
 }
 
 /** Copies a directory tree with owners, modes, times and links (`cp -a`; reflinks when possible). */
@@ -82,7 +94,7 @@ export async function usageBytes(dir: string): Promise<number> {
 /** Installs a root volume from a prepared directory (template build). */
 export async function importRoot(dataDir: string, uuid: string, srcDir: string, meta: RootMeta): Promise<void> {
   const p = qubePaths(dataDir, uuid);
-  fs.mkdirSync(p.dir, { recursive: true, mode: 0o711 });
+  fs.mkdirSync(p.dir, { recursive: true, mode: 0o700 });
   const old = `${p.root}.old`;
   fs.rmSync(old, { recursive: true, force: true });
   const staged = `${p.root}.new`;
@@ -99,7 +111,9 @@ export async function importRoot(dataDir: string, uuid: string, srcDir: string, 
 }
 
 export function removeVolumes(dataDir: string, uuid: string): void {
-  fs.rmSync(qubePaths(dataDir, uuid).dir, { recursive: true, force: true });
+  const p = qubePaths(dataDir, uuid);
+  fs.rmSync(p.volatile, { recursive: true, force: true });
+  fs.rmSync(p.dir, { recursive: true, force: true });
 }
 
 const POOL = 'bulkhead-dir';
@@ -156,7 +170,7 @@ export class ContainerVolumes implements VolumeManager {
   async clone(src: VolumeOwner, dst: VolumeOwner, volume: string): Promise<void> {
     const s = qubePaths(this.#dataDir, src.uuid);
     const d = qubePaths(this.#dataDir, dst.uuid);
-    fs.mkdirSync(d.dir, { recursive: true, mode: 0o711 });
+    fs.mkdirSync(d.dir, { recursive: true, mode: 0o700 });
     if (volume === 'private') {
       if (src.klass === 'DispVM' || dst.klass === 'DispVM') throw new Error('a disposable\'s private volume is not persistent');
       await replaceTree(fs.existsSync(s.private) ? s.private : undefined, d.private);
