@@ -36,12 +36,12 @@ describe('OCI config of a container qube', () => {
   test('every namespace, no_new_privs, bounded capabilities, hostname = qube name', () => {
     const c = buildOciConfig(inputs());
     assert.deepEqual(c.linux.namespaces.map((n) => n.type).sort(), ['cgroup', 'ipc', 'mount', 'network', 'pid', 'user', 'uts']);
-    const p = c.process as { noNewPrivileges: boolean; capabilities: Partial<Record<string, string[]>> };
+    const p = c.process as { noNewPrivileges: boolean; capabilities: Record<string, string[] | undefined> };
     assert.equal(p.noNewPrivileges, true);
     for (const set of ['bounding', 'effective', 'permitted']) {
       assert.deepEqual(p.capabilities[set], [...QUBE_CAPABILITIES]);
       for (const dangerous of ['CAP_SYS_ADMIN', 'CAP_SYS_MODULE', 'CAP_SYS_PTRACE', 'CAP_SYS_TIME', 'CAP_MKNOD', 'CAP_NET_ADMIN', 'CAP_NET_RAW', 'CAP_SYS_RAWIO', 'CAP_BPF']) {
-        assert.ok(!p.capabilities[set]?.includes(dangerous), `${set} has ${dangerous}`);
+        assert.ok(!p.capabilities[set].includes(dangerous), `${set} has ${dangerous}`);
       }
     }
     assert.deepEqual(p.capabilities.ambient, []);
