@@ -25,3 +25,17 @@ export function tempDir(prefix: string): { readonly path: string } & Disposable 
     },
   };
 }
+
+/** A data dir for container qubes: traversable by the qubes' host uids (see ContainerBackend). */
+export function qubeDataDir(prefix: string): { readonly path: string } & Disposable {
+  const t = tempDir(prefix);
+  fs.chmodSync(t.path, 0o711);
+  return t;
+}
+
+/** /proc/meminfo MemAvailable in KiB. */
+export function memAvailableKiB(): number {
+  const m = /^MemAvailable:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+  if (!m?.[1]) throw new Error('no MemAvailable in /proc/meminfo');
+  return Number(m[1]);
+}
