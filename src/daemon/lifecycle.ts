@@ -32,6 +32,11 @@ export class Lifecycle {
     this.#log = log;
     registry.setHaltedCheck((name) => this.powerState(name) === 'Halted');
     for (const backend of backends.values()) {
+      const unsubscribe = backend.onNotice?.((n) => {
+        // Not a Qubes event; Qubes clients ignore events they do not know.
+        this.#registry.emit({ subject: n.name, event: `domain-${n.event}`, kwargs: [['detail', n.detail]] });
+      });
+      if (unsubscribe) this.#unsubscribers.push(unsubscribe);
       this.#unsubscribers.push(
         backend.onExit((n) => {
           this.#log.warn({ qube: n.name, state: n.state, reason: n.reason }, 'qube stopped on its own');

@@ -93,6 +93,14 @@ export interface VolumeManager {
   remove(uuid: string): void;
 }
 
+/** Something the admin domain should hear about a running qube. */
+export interface QubeNotice {
+  readonly name: string;
+  /** `out-of-memory`: the kernel killed processes in the qube for exceeding its memory limit. */
+  readonly event: 'out-of-memory';
+  readonly detail: string;
+}
+
 export interface HypervisorBackend {
   readonly kind: BackendKind;
   readonly capabilities: BackendCapabilities;
@@ -118,6 +126,8 @@ export interface HypervisorBackend {
   exec(name: string, cmdline: string, justExec?: boolean): Promise<Duplex>;
   /** Called when a qube stops on its own (crash, OOM, poweroff inside). */
   onExit(listener: (notice: ExitNotice) => void): () => void;
+  /** Notices about running qubes (optional: a backend that cannot tell has none). */
+  onNotice?(listener: (notice: QubeNotice) => void): () => void;
   /** Stops or re-adopts everything on daemon shutdown; no orphaned processes or mounts. */
   close(): Promise<void>;
 }

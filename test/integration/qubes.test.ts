@@ -111,9 +111,17 @@ describe('container qubes: lifecycle', () => {
     await h.ok('qvm-shutdown', ['--wait', '--all']);
     await h.ok('qvm-prefs', ['work', 'maxmem', '64']);
     await h.ok('qvm-start', ['work']);
+    const events: string[] = [];
+    const ac = new AbortController();
+    const stream = h.daemon.client().events('work', (e) => { events.push(e.event); }, ac.signal);
     const r = await h.root('work', 'head -c 400000000 /dev/zero | tail >/dev/null; echo "status $?"');
     assert.match(r.stdout, /status 137/);
     assert.equal(await h.state('work'), 'Running');
+    // The daemon reports it (within its 1 s watchdog period).
+    for (let i = 0; i < 40 && !events.includes('domain-out-of-memory'); i++) await new Promise((res) => setTimeout(res, 100));
+    ac.abort();
+    await stream;
+    assert.ok(events.includes('domain-out-of-memory'), events.join(','));
     assert.equal((await h.exec('work', 'echo alive')).stdout, 'alive\n');
     await h.ok('qvm-shutdown', ['--wait', 'work']);
     await h.ok('qvm-prefs', ['--default', 'work', 'maxmem']);

@@ -14,6 +14,7 @@ import type {
   HypervisorBackend,
   PowerState,
   QubeLaunchSpec,
+  QubeNotice,
   QubeStats,
 } from '../types.js';
 import { cgroupUsage, detectCgroupMode, type CgroupMode } from './cgroups.js';
@@ -42,6 +43,8 @@ interface RunningQube {
   readonly dispPrivate: boolean;
   pid: number;
   state: PowerState;
+  /** OOM kills already reported. */
+  oomKills: number;
   /** Set when the admin domain asked it to stop (no exit notice then). */
   stopping: boolean;
   readonly exited: Promise<void>;
@@ -93,6 +96,7 @@ export class ContainerBackend implements HypervisorBackend {
   readonly #cgroupMode: CgroupMode;
   readonly #running = new Map<string, RunningQube>();
   readonly #listeners = new Set<(n: ExitNotice) => void>();
+  readonly #noticeListeners = new Set<(n: QubeNotice) => void>();
   readonly #watchdog: NodeJS.Timeout;
 
   private constructor(opts: ContainerBackendOptions, mode: CgroupMode) {
@@ -232,7 +236,7 @@ export class ContainerBackend implements HypervisorBackend {
     const exited = new Promise<void>((resolve) => { markExited = resolve; });
     const q: RunningQube = {
       name: spec.name, uuid: spec.uuid, id, paths, channel, cgroupsPath, dispPrivate,
-      pid: 0, state: 'Transient', stopping: false, exited, markExited,
+      pid: 0, state: 'Transient', stopping: false, exited, markExited, oomKills: 0,
     };
     this.#running.set(spec.name, q);
     try {
@@ -267,7 +271,7 @@ export class ContainerBackend implements HypervisorBackend {
   #check(q: RunningQube): void {
     if (q.state === 'Halted' || q.stopping || pidAlive(q.pid)) return;
     const usage = q.cgroupsPath === null ? undefined : cgroupUsage(this.#cgroupMode, q.cgroupsPath);
-    const reason = usage !== undefined && usage.oomKills > 0 ? 'out of memory' : 'the qube powered off or crashed';
+    const reason = usage !== undefined && usage.oomKills > q.oomKills ? 'out of memory' : 'the qube powered off or crashed';
     q.stopping = true;
     void this.#teardown(q).then(() => {
       for (const l of this.#listeners) l({ name: q.name, state: 'Halted', reason });
@@ -284,7 +288,27 @@ export class ContainerBackend implements HypervisorBackend {
   }
 
   #checkAll(): void {
-    for (const q of this.#running.values()) if (q.state !== 'Transient') this.#check(q);
+    for (const q of this.#running.values()) {
+      if (q.state === 'Transient') continue;
+      this.#check(q);
+      this.#checkOom(q);
+    }
+  }
+
+  /** Reports processes the memory limit killed inside a qube that keeps running. */
+  #checkOom(q: RunningQube): void {
+    if (q.cgroupsPath === null || q.state === 'Halted' || q.stopping) return;
+    const kills = cgroupUsage(this.#cgroupMode, q.cgroupsPath)?.oomKills ?? 0;
+    if (kills <= q.oomKills) return;
+    const detail = `${kills - q.oomKills} process(es) killed for exceeding the qube's memory limit`;
+    q.oomKills = kills;
+    this.#log.warn({ qube: q.name, oomKills: kills }, 'out of memory inside the qube');
+    for (const l of this.#noticeListeners) l({ name: q.name, event: 'out-of-memory', detail });
+  }
+
+  onNotice(listener: (notice: QubeNotice) => void): () => void {
+    this.#noticeListeners.add(listener);
+    return () => this.#noticeListeners.delete(listener);
   }
 
   /** Removes the container, its channel and its volatile data; never touches persistent volumes. */
