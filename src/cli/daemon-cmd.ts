@@ -1,9 +1,15 @@
 // `bulkhead daemon`: runs the admin daemon in the foreground until SIGTERM / SIGINT.
+import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_DATA_DIR, DEFAULT_SOCKET, startDaemon } from '../daemon/daemon.js';
+import type { Logger } from 'pino';
+import { DEFAULT_DATA_DIR, DEFAULT_SOCKET, startDaemon, type RunningDaemon } from '../daemon/daemon.js';
+import { DEFAULT_TEMPLATE } from '../daemon/defaults.js';
 import { createLogger } from '../daemon/log.js';
 import { ContainerBackend } from '../hal/container/backend.js';
+import { qubePaths } from '../hal/container/paths.js';
+import { buildDebianRoot, templateCacheDir } from '../hal/container/templates.js';
+import { readRootMeta } from '../hal/container/volumes.js';
 import type { BackendKind, HypervisorBackend } from '../hal/types.js';
 
 /** The in-qube agent, assembled by the build (scripts/agent-bundle.mjs). */
@@ -18,6 +24,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
         'data-dir': { type: 'string' },
         socket: { type: 'string' },
         'default-qubes': { type: 'boolean' },
+        'build-default-template': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -27,7 +34,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
     return 2;
   }
   if (values.help === true) {
-    process.stdout.write('usage: bulkhead daemon [--data-dir DIR] [--socket PATH] [--default-qubes]\n');
+    process.stdout.write('usage: bulkhead daemon [--data-dir DIR] [--socket PATH] [--default-qubes] [--build-default-template]\n');
     return 0;
   }
   const log = createLogger('bulkheadd');
@@ -60,6 +67,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
     return 1;
   }
   const running = daemon;
+  if (values['build-default-template'] === true) void ensureDefaultTemplate(running, dataDir, log);
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'stopping');
@@ -74,4 +82,28 @@ export async function daemonMain(argv: string[]): Promise<number> {
     process.once('SIGTERM', () => { stop('SIGTERM'); });
     process.once('SIGINT', () => { stop('SIGINT'); });
   });
+}
+
+/**
+ * The default TemplateVM (debian-12) gets its Debian root built in the background when it has
+ * none yet (first start; cached afterwards), so a newcomer's qubes can start without extra steps.
+ */
+async function ensureDefaultTemplate(daemon: RunningDaemon, dataDir: string, log: Logger): Promise<void> {
+  const tpl = daemon.registry.state.qubes.get(DEFAULT_TEMPLATE);
+  if (tpl?.klass !== 'TemplateVM' || readRootMeta(qubePaths(dataDir, tpl.uuid)) !== undefined) return;
+  const cache = templateCacheDir();
+  const stage = path.join(cache, `stage-default-${process.pid}`);
+  try {
+    fs.mkdirSync(cache, { recursive: true, mode: 0o700 });
+    fs.rmSync(stage, { recursive: true, force: true });
+    fs.mkdirSync(stage, { mode: 0o700 });
+    log.info({ template: DEFAULT_TEMPLATE }, 'building the default template root in the background');
+    await buildDebianRoot(path.join(stage, 'root'), cache, (m) => { log.info({ template: DEFAULT_TEMPLATE }, m); });
+    await daemon.lifecycle.importRoot(tpl, { dir: path.join(stage, 'root'), hostUsr: false, source: 'debian-bookworm' });
+    log.info({ template: DEFAULT_TEMPLATE }, 'default template ready');
+  } catch (err) {
+    log.error({ template: DEFAULT_TEMPLATE, err: (err as Error).message }, 'building the default template failed; run: bulkhead template build debian');
+  } finally {
+    fs.rmSync(stage, { recursive: true, force: true });
+  }
 }

@@ -31,6 +31,7 @@ export interface DaemonOptions {
 
 export interface RunningDaemon {
   readonly registry: Registry;
+  readonly lifecycle: Lifecycle;
   close(): Promise<void>;
 }
 
@@ -62,6 +63,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     let closing: Promise<void> | undefined;
     return {
       registry,
+      lifecycle,
       close: () => {
         closing ??= (async () => {
           await server.close();

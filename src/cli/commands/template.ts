@@ -2,12 +2,12 @@
 // TemplateVM (or replaces the root of an existing, halted TemplateVM of that name).
 import fs from 'node:fs';
 import path from 'node:path';
-import { buildDebianRoot, buildHostRoot, type TemplateFlavor } from '../../hal/container/templates.js';
+import { buildDebianRoot, buildHostRoot, templateCacheDir, type TemplateFlavor } from '../../hal/container/templates.js';
 import { RemoteError } from '../client.js';
 import { ExitError, UsageError, errorLine, listDomains, out, parse, printHelp, runCommand, type Command } from '../common.js';
 
 const DEFAULT_NAMES: Record<TemplateFlavor, string> = { debian: 'debian-12', host: 'host' };
-export const TEMPLATE_CACHE = process.env.BULKHEAD_CACHE_DIR ?? '/var/cache/bulkhead';
+const TEMPLATE_CACHE = templateCacheDir();
 
 export const template: Command = {
   name: 'template',

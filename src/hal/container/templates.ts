@@ -15,6 +15,11 @@ const run = promisify(execFile);
 
 export type TemplateFlavor = 'host' | 'debian';
 
+/** Where Debian roots are cached between builds. */
+export function templateCacheDir(): string {
+  return process.env.BULKHEAD_CACHE_DIR ?? '/var/cache/bulkhead';
+}
+
 /** Packages on top of minbase: what the agent (node needs libstdc++) and qubes need. */
 export const DEBIAN_PACKAGES: readonly string[] = [
   'coreutils', 'bash', 'procps', 'iproute2', 'libstdc++6', 'ca-certificates', 'less', 'nano',
