@@ -2,7 +2,7 @@
 // fresh temp dir and the real qvm-* commands against it. Every process started here is tracked
 // and killed, and every temp dir removed, when the test (or suite) ends — and, as a last resort,
 // when the test process itself exits.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -56,8 +56,33 @@ function emergencyCleanup(): void {
     }
   }
   liveChildren.clear();
+  if (liveTempDirs.size > 0) reapContainersSync([...liveTempDirs]);
   for (const dir of liveTempDirs) fs.rmSync(dir, { recursive: true, force: true });
   liveTempDirs.clear();
+}
+
+/** The synchronous last resort of reapContainers (process exit handlers cannot wait). */
+function reapContainersSync(dirs: readonly string[]): void {
+  let list: { id: string; bundle: string }[] | null;
+  try {
+    list = JSON.parse(execFileSync('crun', ['list', '--format', 'json'], { encoding: 'utf8', timeout: 10_000 }) || '[]') as { id: string; bundle: string }[] | null;
+  } catch {
+    return;
+  }
+  const hybrid = detectCgroupMode() === 'hybrid';
+  for (const c of list ?? []) {
+    if (!dirs.some((d) => c.bundle.startsWith(`${d}/`))) continue;
+    const args = ['--cgroup-manager=cgroupfs', 'delete', '-f', c.id];
+    try {
+      if (hybrid) {
+        execFileSync('unshare', ['-m', '--propagation', 'private', '--', 'sh', '-c', 'umount /sys/fs/cgroup/unified 2>/dev/null; exec crun "$@"', 'crun', ...args], { stdio: 'ignore', timeout: 10_000 });
+      } else {
+        execFileSync('crun', args, { stdio: 'ignore', timeout: 10_000 });
+      }
+    } catch {
+      // best effort at exit
+    }
+  }
 }
 
 process.on('exit', emergencyCleanup);
