@@ -32,7 +32,8 @@ export class Crun {
     return this.#mode !== 'none';
   }
 
-  #argv(args: readonly string[]): [string, string[]] {
+  /** The command line that runs `crun ARGS` on this host's cgroup layout. */
+  commandFor(args: readonly string[]): [string, string[]] {
     const crunArgs = ['--cgroup-manager=cgroupfs', ...args];
     if (this.#mode === 'hybrid') {
       return [
@@ -45,7 +46,7 @@ export class Crun {
 
   /** Runs crun and resolves with its stdout; rejects with its stderr. */
   call(args: readonly string[]): Promise<string> {
-    const [cmd, argv] = this.#argv(args);
+    const [cmd, argv] = this.commandFor(args);
     return new Promise((resolve, reject) => {
       execFile(cmd, argv, { timeout: CALL_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
         if (err) reject(new CrunError((stderr.trim() || err.message).split('\n').slice(-3).join('; ')));
@@ -58,7 +59,7 @@ export class Crun {
   async runDetached(id: string, bundle: string, logFile: string): Promise<void> {
     const fd = fs.openSync(logFile, 'w', 0o600);
     try {
-      const [cmd, argv] = this.#argv(['run', '-d', '--bundle', bundle, id]);
+      const [cmd, argv] = this.commandFor(['run', '-d', '--bundle', bundle, id]);
       const code = await new Promise<number>((resolve, reject) => {
         const child = spawn(cmd, argv, { stdio: ['ignore', fd, fd] });
         child.once('error', reject);
