@@ -27,8 +27,10 @@ export interface ExecRequest {
   /** Run without passing I/O: the call returns once the command started. */
   readonly detached?: boolean;
   readonly stdin?: NodeJS.ReadableStream;
-  readonly onStdout: (chunk: Buffer) => void;
-  readonly onStderr: (chunk: Buffer) => void;
+  /** Output sinks; returning false asks for a pause until `drain` is emitted by `drainSource`. */
+  readonly onStdout: (chunk: Buffer) => boolean;
+  readonly onStderr: (chunk: Buffer) => boolean;
+  readonly drainSource?: { stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream };
 }
 
 /** Resolves with the remote command's exit code. */
@@ -71,9 +73,12 @@ export function execInQube(req: ExecRequest): Promise<number> {
         return;
       }
       for (const f of frames) {
-        if (f.type === MSG_DATA_STDOUT && f.payload.length > 0) req.onStdout(f.payload);
-        else if (f.type === MSG_DATA_STDERR && f.payload.length > 0) req.onStderr(f.payload);
-        else if (f.type === MSG_DATA_EXIT_CODE) exitCode = parseExitCode(f.payload);
+        // A slow reader of our output slows the qube down instead of growing our memory.
+        if (f.type === MSG_DATA_STDOUT && f.payload.length > 0) {
+          if (!req.onStdout(f.payload) && req.drainSource) waitDrain(req.drainSource.stdout);
+        } else if (f.type === MSG_DATA_STDERR && f.payload.length > 0) {
+          if (!req.onStderr(f.payload) && req.drainSource) waitDrain(req.drainSource.stderr);
+        } else if (f.type === MSG_DATA_EXIT_CODE) exitCode = parseExitCode(f.payload);
       }
       if (exitCode !== undefined) {
         sock.destroy();
@@ -81,6 +86,13 @@ export function execInQube(req: ExecRequest): Promise<number> {
         resolve(exitCode);
       }
     });
+    let waiting = 0;
+    const waitDrain = (out: NodeJS.WritableStream): void => {
+      if (waiting++ === 0) sock.pause();
+      out.once('drain', () => {
+        if (--waiting === 0) sock.resume();
+      });
+    };
     sock.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
         reject(new DaemonError(`cannot connect to the daemon at ${req.socketPath}: is it running? (${err.code})`));

@@ -30,7 +30,11 @@ export class Lifecycle {
     this.#registry = registry;
     this.#backends = backends;
     this.#log = log;
-    registry.setHaltedCheck((name) => this.powerState(name) === 'Halted');
+    // A qube whose volumes are being copied counts as busy: no rename or removal meanwhile.
+    registry.setHaltedCheck((name) => {
+      const q = this.#registry.state.qubes.get(name);
+      return this.powerState(name) === 'Halted' && (q === undefined || !this.#volumeBusy.has(q.uuid));
+    });
     for (const backend of backends.values()) {
       const unsubscribe = backend.onNotice?.((n) => {
         // Not a Qubes event; Qubes clients ignore events they do not know.
@@ -58,7 +62,7 @@ export class Lifecycle {
    */
   #placed(q: QubeRecord): HypervisorBackend | undefined {
     const backend = this.#placement.get(q.uuid);
-    if (backend && backend.state(q.name) === 'Halted') {
+    if (backend && !this.#starting.has(q.name) && backend.state(q.name) === 'Halted') {
       this.#placement.delete(q.uuid);
       return undefined;
     }
@@ -89,6 +93,9 @@ export class Lifecycle {
     const inFlight = this.#starting.get(q.name);
     if (inFlight) return inFlight;
     if (this.powerState(q.name) !== 'Halted') return;
+    if (this.#volumeBusy.has(q.uuid)) {
+      throw new QubesError('QubesVMError', `Start failed: a volume operation on '${q.name}' is in progress`);
+    }
     const job = this.#doStart(q).finally(() => this.#starting.delete(q.name));
     this.#starting.set(q.name, job);
     return job;
@@ -249,10 +256,35 @@ export class Lifecycle {
     const backend = this.#placed(q);
     if (!backend) throw new QubesError('QubesVMNotStartedError', `Domain is powered off: '${q.name}'`);
     const who = user ?? qubeValue(this.#registry.state, q, 'default_user');
-    return backend.exec(q.name, `${typeof who === 'string' ? who : 'user'}:${command}`, justExec);
+    if (typeof who !== 'string' || !/^[a-z_][a-z0-9_-]{0,31}$/.test(who)) {
+      throw new QubesError('QubesValueError', `Not a valid user name for '${q.name}': ${String(who)}`);
+    }
+    return backend.exec(q.name, `${who}:${command}`, justExec);
   }
 
   // ---------- volumes ----------
+
+  /** uuids whose volumes are being copied or replaced: they may not start meanwhile. */
+  readonly #volumeBusy = new Set<string>();
+
+  /**
+   * Runs a volume operation on halted qubes, keeping them from starting until it is done (a
+   * running qube could swap directories for links under a copy running as root).
+   */
+  async #withHalted<T>(qubes: readonly QubeRecord[], op: () => Promise<T>): Promise<T> {
+    for (const q of qubes) {
+      if (this.powerState(q.name) !== 'Halted') {
+        throw new QubesError('QubesVMNotHaltedError', `Domain is not powered off: '${q.name}'; shut it down first`);
+      }
+      if (this.#volumeBusy.has(q.uuid)) throw new QubesError('QubesVMError', `A volume operation on '${q.name}' is in progress`);
+    }
+    for (const q of qubes) this.#volumeBusy.add(q.uuid);
+    try {
+      return await op();
+    } finally {
+      for (const q of qubes) this.#volumeBusy.delete(q.uuid);
+    }
+  }
 
   /** Pending admin.vm.volume.CloneFrom tokens → source volume (expire after a minute). */
   readonly #cloneTokens = new Map<string, { uuid: string; volume: string; expires: number }>();
@@ -301,14 +333,25 @@ export class Lifecycle {
     this.#cloneTokens.delete(untrustedToken);
     const src = [...this.#registry.state.qubes.values()].find((o) => o.uuid === entry.uuid);
     if (!src) throw new QubesError('QubesException', 'The source qube of the clone is gone');
-    if (this.powerState(q.name) !== 'Halted') throw new QubesError('QubesVMNotHaltedError', `Domain is not powered off: '${q.name}'`);
-    await manager.clone(this.#volumes(src).owner, owner, untrustedVolume);
+    const qubes = src.uuid === q.uuid ? [q] : [src, q];
+    await this.#withHalted(qubes, () => manager.clone(this.#volumes(src).owner, owner, untrustedVolume));
   }
 
   async importRoot(q: QubeRecord, from: RootImport): Promise<void> {
-    if (this.powerState(q.name) !== 'Halted') throw new QubesError('QubesVMNotHaltedError', `Domain is not powered off: '${q.name}'`);
     const { manager, owner } = this.#volumes(q);
-    await manager.importRoot(owner, from);
+    // Qubes running on this root keep using it as their lower layer: not while they run.
+    const users = this.#registry.list().filter((o) => o.name !== q.name && this.powerState(o.name) !== 'Halted' && this.#rootOf(o)?.uuid === q.uuid);
+    if (users.length > 0) {
+      throw new QubesError('QubesVMInUseError', `Qubes based on '${q.name}' are running: ${users.map((o) => o.name).join(', ')}`);
+    }
+    await this.#withHalted([q], () => manager.importRoot(owner, from));
+  }
+
+  /** The TemplateVM whose root a qube uses (through its disposable template for a DispVM). */
+  #rootOf(q: QubeRecord): QubeRecord | undefined {
+    let root: QubeRecord | undefined = templateOf(this.#registry.state, q);
+    if (root && root.klass !== 'TemplateVM') root = templateOf(this.#registry.state, root);
+    return root;
   }
 
   /** Deletes the volumes of a qube already removed from the registry. */

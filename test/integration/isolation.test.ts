@@ -884,6 +884,25 @@ print(os.getresuid(), f["CapEff"], f["CapPrm"], f["NoNewPrivs"])
     assert.equal(get(kv, 'tcp'), 'OK');
   });
 
+  test('vsock (not network-namespaced) and rarely needed address families are refused', async () => {
+    const h = host();
+    // Control: the host kernel knows AF_VSOCK (the host can open such a socket).
+    const hostProbe = spawnSync('python3', ['-c', 'import socket; socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); print("OK")'], { encoding: 'utf8' });
+    const kv = await py(h, 'attacker', String.raw`
+      out('vsock', attempt(socket.socket, socket.AF_VSOCK, socket.SOCK_STREAM, 0))
+      out('alg', attempt(socket.socket, 38, socket.SOCK_SEQPACKET, 0))
+      out('tipc', attempt(socket.socket, 30, socket.SOCK_RDM, 0))
+      out('unix', attempt(socket.socket, socket.AF_UNIX, socket.SOCK_STREAM, 0))
+      out('netlink', attempt(socket.socket, socket.AF_NETLINK, socket.SOCK_RAW, 0))
+    `, {}, 'user');
+    if (hostProbe.stdout.trim() === 'OK') assert.equal(get(kv, 'vsock'), 'EAFNOSUPPORT');
+    else assert.notEqual(get(kv, 'vsock'), 'OK');
+    assert.equal(get(kv, 'alg'), 'EAFNOSUPPORT');
+    assert.equal(get(kv, 'tipc'), 'EAFNOSUPPORT');
+    assert.equal(get(kv, 'unix'), 'OK');
+    assert.equal(get(kv, 'netlink'), 'OK');
+  });
+
   test('uid 0 maps to an unprivileged host uid range, distinct for each qube', async () => {
     const h = host();
     const maps = [];

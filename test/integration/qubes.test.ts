@@ -251,6 +251,42 @@ describe('container qubes: bad input and failures', () => {
     await h.ok('qvm-shutdown', ['--wait', 'work']);
   });
 
+  test('volumes are never copied or replaced while a qube using them runs', async () => {
+    const h = host();
+    await h.ok('qvm-start', ['--skip-if-running', 'work']);
+    const clone = await h.run('qvm-clone', ['work', 'work-live-copy']);
+    assert.equal(clone.code, 1);
+    assert.match(clone.stderr, /not powered off: 'work'; shut it down first/);
+    assert.equal((await h.run('qvm-check', ['work-live-copy'])).code, 2, 'a failed clone leaves no qube');
+    const rebuild = await h.run('bulkhead', ['template', 'build', 'host', 'tpl']);
+    assert.equal(rebuild.code, 1);
+    assert.match(rebuild.stderr, /based on 'tpl' are running: work/);
+    assert.equal((await h.exec('work', 'echo still-fine')).stdout, 'still-fine\n');
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
+  });
+
+  test('a starting qube is never reported Halted once its start began', async () => {
+    const h = host();
+    const client = h.daemon.client();
+    const samples: string[] = [];
+    let done = false;
+    const poll = (async () => {
+      while (!done) {
+        const cs = await client.call({ method: 'admin.vm.CurrentState', dest: 'work' });
+        samples.push(/power_state=(\S+)/.exec(cs)?.[1] ?? '');
+      }
+    })();
+    await h.ok('qvm-start', ['work']);
+    done = true;
+    await poll;
+    const first = samples.findIndex((x) => x !== 'Halted');
+    assert.ok(first >= 0, samples.join(','));
+    assert.deepEqual(samples.slice(first).filter((x) => x === 'Halted'), [], samples.join(','));
+    assert.equal(await h.state('work'), 'Running');
+    assert.equal((await h.exec('work', 'echo up')).stdout, 'up\n');
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
+  });
+
   test('invalid memory values are refused before anything starts', async () => {
     const h = host();
     for (const v of ['-5', 'lots', '1.5']) {

@@ -87,8 +87,9 @@ export const qvmRun: Command = {
         autostart: !a.flag('no-autostart'),
         detached: !passIo,
         stdin: passIo ? process.stdin : undefined,
-        onStdout: (c) => { process.stdout.write(filterOut ? filterEscapes(c) : c); },
-        onStderr: (c) => { process.stderr.write(filterErr ? filterEscapes(c) : c); },
+        onStdout: (c) => process.stdout.write(filterOut ? filterEscapes(c) : c),
+        onStderr: (c) => process.stderr.write(filterErr ? filterEscapes(c) : c),
+        drainSource: { stdout: process.stdout, stderr: process.stderr },
       });
       if (passIo) process.stdin.destroy();
       return code;

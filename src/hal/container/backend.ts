@@ -42,6 +42,8 @@ interface RunningQube {
   readonly cgroupsPath: string | null;
   readonly dispPrivate: boolean;
   pid: number;
+  /** The init process's start time (/proc/PID/stat field 22): a reused pid is not our qube. */
+  pidStart: string;
   state: PowerState;
   /** OOM kills already reported. */
   oomKills: number;
@@ -49,21 +51,32 @@ interface RunningQube {
   stopping: boolean;
   readonly exited: Promise<void>;
   markExited: () => void;
+  /** The one teardown of this run (kill during a shutdown reuses it). */
+  teardown?: Promise<void>;
 }
 
 const WATCHDOG_MS = 1000;
 
-/** A live process (a zombie waiting for the host's init to reap it counts as dead). */
-function pidAlive(pid: number): boolean {
-  if (pid <= 0) return false;
+/** State (field 3) and start time (field 22) of a process, from /proc/PID/stat. */
+function procStat(pid: number): { state: string; start: string } | undefined {
+  if (pid <= 0) return undefined;
   let stat: string;
   try {
     stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
-    return false;
+    return undefined;
   }
-  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-  return state !== 'Z' && state !== 'X';
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { state: fields[0] ?? '', start: fields[19] ?? '' };
+}
+
+/**
+ * The qube's init is alive: the pid exists, is the same process (start time), and is not a
+ * zombie waiting for the host's init to reap it.
+ */
+function initAlive(pid: number, start: string): boolean {
+  const s = procStat(pid);
+  return s !== undefined && s.start === start && s.state !== 'Z' && s.state !== 'X';
 }
 
 /**
@@ -95,6 +108,8 @@ export class ContainerBackend implements HypervisorBackend {
   readonly #crun: Crun;
   readonly #cgroupMode: CgroupMode;
   readonly #running = new Map<string, RunningQube>();
+  /** Names whose start is being prepared (before they are in #running). */
+  readonly #starting = new Set<string>();
   readonly #listeners = new Set<(n: ExitNotice) => void>();
   readonly #noticeListeners = new Set<(n: QubeNotice) => void>();
   readonly #watchdog: NodeJS.Timeout;
@@ -139,18 +154,40 @@ export class ContainerBackend implements HypervisorBackend {
 
   async #reapLeftovers(): Promise<void> {
     const mine = path.join(this.#opts.dataDir, 'vm') + path.sep;
+    const stuck = new Set<string>();
     for (const c of await this.#crun.list()) {
       if (!c.id.startsWith('bh-') || !c.bundle.startsWith(mine)) continue;
       this.#log.warn({ container: c.id }, 'stopping a qube left running by a previous daemon');
-      await this.#crun.delete(c.id, true).catch((err: unknown) => {
-        this.#log.error({ container: c.id, err: (err as Error).message }, 'cannot remove leftover container');
-      });
-      fs.rmSync(qubePaths(this.#opts.dataDir, c.id.slice(3)).volatile, { recursive: true, force: true });
+      try {
+        await this.#crun.delete(c.id, true);
+      } catch (err) {
+        this.#log.error({ container: c.id, err: (err as Error).message }, 'cannot remove a leftover container; its files are left alone');
+        stuck.add(c.id.slice(3));
+      }
+    }
+    // No qube of this data dir runs now: volatile data of earlier runs goes (never a stuck one's).
+    const volatileRoot = path.join(this.#opts.dataDir, 'volatile');
+    for (const uuid of fs.readdirSync(volatileRoot)) {
+      if (!stuck.has(uuid)) fs.rmSync(path.join(volatileRoot, uuid), { recursive: true, force: true });
+    }
+    for (const uuid of fs.readdirSync(path.join(this.#opts.dataDir, 'vm'))) {
+      if (stuck.has(uuid) || !/^[0-9a-f-]{36}$/.test(uuid)) continue;
+      fs.rmSync(qubePaths(this.#opts.dataDir, uuid).dispPrivate, { recursive: true, force: true });
     }
   }
 
   async start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void> {
-    if (this.#running.has(spec.name)) throw new Error(`'${spec.name}' is already running`);
+    if (this.#running.has(spec.name) || this.#starting.has(spec.name)) throw new Error(`'${spec.name}' is already running`);
+    // Transient from the first moment: nobody may take this qube for Halted while it starts.
+    this.#starting.add(spec.name);
+    try {
+      await this.#start(spec, signal);
+    } finally {
+      this.#starting.delete(spec.name);
+    }
+  }
+
+  async #start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void> {
     const paths = qubePaths(this.#opts.dataDir, spec.uuid);
     const id = containerId(spec.uuid);
     const base = hostUidBase(spec.qid);
@@ -172,9 +209,11 @@ export class ContainerBackend implements HypervisorBackend {
       const top = path.join(volatile, 'top');
       const upper = path.join(volatile, 'upper');
       const work = path.join(volatile, 'work');
-      // crun sets up the root and the overlays as the qube's host uid: it needs to traverse (not
-      // list) the way to its volatile directory. Volumes and runtime files stay 0700.
-      fs.mkdirSync(volatile, { mode: 0o711 });
+      // crun sets up the root and the overlays as the qube's host uid: only it (by group) and
+      // root may traverse its volatile directory. Volumes and runtime files stay 0700.
+      fs.mkdirSync(volatile, { mode: 0o710 });
+      fs.chownSync(volatile, 0, base);
+      fs.chmodSync(volatile, 0o710);
       fs.mkdirSync(top, { mode: 0o755 });
       fs.chownSync(top, base, base);
       for (const d of [upper, work]) {
@@ -203,8 +242,12 @@ export class ContainerBackend implements HypervisorBackend {
           }
         }
       }
-      const privateVolume = dispPrivate ? path.join(volatile, 'private') : paths.private;
-      if (dispPrivate) ensurePrivate(privateVolume);
+      // A DispVM's private volume is discarded too, but kept in the root-only volume folder.
+      const privateVolume = dispPrivate ? paths.dispPrivate : paths.private;
+      if (dispPrivate) {
+        fs.rmSync(privateVolume, { recursive: true, force: true });
+        ensurePrivate(privateVolume);
+      }
 
       fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
       channel = await QubeChannel.listen(paths.socket, base, base);
@@ -230,13 +273,14 @@ export class ContainerBackend implements HypervisorBackend {
       // Nothing half-made stays behind: no volatile dir, no socket. Persistent volumes untouched.
       await channel?.close();
       fs.rmSync(volatile, { recursive: true, force: true });
+      if (dispPrivate) fs.rmSync(paths.dispPrivate, { recursive: true, force: true });
       throw err;
     }
     let markExited!: () => void;
     const exited = new Promise<void>((resolve) => { markExited = resolve; });
     const q: RunningQube = {
       name: spec.name, uuid: spec.uuid, id, paths, channel, cgroupsPath, dispPrivate,
-      pid: 0, state: 'Transient', stopping: false, exited, markExited, oomKills: 0,
+      pid: 0, pidStart: '', state: 'Transient', stopping: false, exited, markExited, oomKills: 0,
     };
     this.#running.set(spec.name, q);
     try {
@@ -244,11 +288,12 @@ export class ContainerBackend implements HypervisorBackend {
       const st = await this.#crun.state(id);
       if (st === undefined) throw new Error(`the qube exited at once: ${lastLines(paths.console)}`);
       q.pid = st.pid;
+      q.pidStart = procStat(st.pid)?.start ?? '';
       // The agent's HELLO, unless the qube dies first (broken template, missing libraries).
       let poll: NodeJS.Timeout | undefined;
       const died = new Promise<never>((_resolve, reject) => {
         poll = setInterval(() => {
-          if (!pidAlive(q.pid)) reject(new Error(`the qube stopped before its agent connected: ${lastLines(paths.console) || 'no output'}`));
+          if (!initAlive(q.pid, q.pidStart)) reject(new Error(`the qube stopped before its agent connected: ${lastLines(paths.console) || 'no output'}`));
         }, 20);
       });
       died.catch(() => undefined);
@@ -269,13 +314,14 @@ export class ContainerBackend implements HypervisorBackend {
 
   /** Notices a qube that died on its own. */
   #check(q: RunningQube): void {
-    if (q.state === 'Halted' || q.stopping || pidAlive(q.pid)) return;
+    if (q.state === 'Halted' || q.stopping || initAlive(q.pid, q.pidStart)) return;
     const usage = q.cgroupsPath === null ? undefined : cgroupUsage(this.#cgroupMode, q.cgroupsPath);
     const reason = usage !== undefined && usage.oomKills > q.oomKills ? 'out of memory' : 'the qube powered off or crashed';
     q.stopping = true;
-    void this.#teardown(q).then(() => {
-      for (const l of this.#listeners) l({ name: q.name, state: 'Halted', reason });
-    });
+    this.#teardown(q).then(
+      () => { for (const l of this.#listeners) l({ name: q.name, state: 'Halted', reason }); },
+      (err: unknown) => { this.#log.error({ qube: q.name, err: (err as Error).message }, 'cleaning up a dead qube failed'); },
+    );
   }
 
   /** After the agent hung up: notice the qube's end at once rather than at the next watchdog tick. */
@@ -312,20 +358,34 @@ export class ContainerBackend implements HypervisorBackend {
   }
 
   /** Removes the container, its channel and its volatile data; never touches persistent volumes. */
-  async #teardown(q: RunningQube): Promise<void> {
-    if (q.state === 'Halted') return q.exited;
-    q.state = 'Halting';
-    try {
-      await this.#crun.delete(q.id, true);
-    } catch (err) {
-      this.#log.error({ qube: q.name, err: (err as Error).message }, 'crun delete failed');
-    }
-    await q.channel.close();
-    fs.rmSync(q.paths.volatile, { recursive: true, force: true });
-    q.state = 'Halted';
-    this.#running.delete(q.name);
-    q.markExited();
-    return q.exited;
+  /**
+   * Removes the container, its channel and its volatile data; never touches persistent volumes.
+   * One teardown per run. If the container cannot be removed, nothing of the qube's is deleted
+   * (a live qube could redirect deletions through links) and it stays Running.
+   */
+  #teardown(q: RunningQube): Promise<void> {
+    q.teardown ??= (async () => {
+      const before = q.state;
+      q.state = 'Halting';
+      try {
+        await this.#crun.delete(q.id, true);
+      } catch (err) {
+        const message = (err as Error).message;
+        if ((await this.#crun.state(q.id)) !== undefined) {
+          this.#log.error({ qube: q.name, err: message }, 'cannot remove the container; the qube is left as it is');
+          q.state = before === 'Transient' ? 'Running' : before;
+          q.teardown = undefined;
+          throw new Error(`cannot stop '${q.name}': ${message}`, { cause: err });
+        }
+      }
+      await q.channel.close();
+      fs.rmSync(q.paths.volatile, { recursive: true, force: true });
+      if (q.dispPrivate) fs.rmSync(q.paths.dispPrivate, { recursive: true, force: true });
+      q.state = 'Halted';
+      if (this.#running.get(q.name) === q) this.#running.delete(q.name);
+      q.markExited();
+    })();
+    return q.teardown;
   }
 
   #get(name: string): RunningQube {
@@ -342,7 +402,7 @@ export class ContainerBackend implements HypervisorBackend {
       const timer = new Promise<boolean>((resolve) => setTimeout(() => { resolve(false); }, Math.max(0, timeoutSec) * 1000).unref());
       const graceful = new Promise<boolean>((resolve) => {
         const t = setInterval(() => {
-          if (!pidAlive(q.pid)) {
+          if (!initAlive(q.pid, q.pidStart)) {
             clearInterval(t);
             resolve(true);
           }
@@ -374,7 +434,7 @@ export class ContainerBackend implements HypervisorBackend {
   }
 
   state(name: string): PowerState {
-    return this.#running.get(name)?.state ?? 'Halted';
+    return this.#running.get(name)?.state ?? (this.#starting.has(name) ? 'Transient' : 'Halted');
   }
 
   stats(name: string): QubeStats | undefined {
@@ -400,7 +460,13 @@ export class ContainerBackend implements HypervisorBackend {
     clearInterval(this.#watchdog);
     await Promise.all([...this.#running.values()].map(async (q) => {
       if (q.state === 'Paused') await this.#crun.resume(q.id).catch(() => undefined);
-      await this.shutdown(q.name, 3).catch(() => this.#teardown(q));
+      try {
+        await this.shutdown(q.name, 3);
+      } catch {
+        await this.#teardown(q).catch((err: unknown) => {
+          this.#log.error({ qube: q.name, err: (err as Error).message }, 'a qube could not be stopped');
+        });
+      }
     }));
   }
 }

@@ -101,7 +101,7 @@ function idmapOption(base: number): string {
  * link to rw/home in the skeleton, resolved inside the qube — never a host path built from what
  * the qube wrote into its private volume).
  */
-export const RUNTIME_DIRS: ReadonlySet<string> = new Set(['proc', 'sys', 'dev', 'run', 'tmp', 'home', 'rw', 'lost+found']);
+export const RUNTIME_DIRS: ReadonlySet<string> = new Set(['proc', 'sys', 'dev', 'run', 'tmp', 'home', 'rw', 'lost+found', '.bulkhead-lower']);
 
 export function buildOciConfig(i: OciInputs): OciConfig {
   const base = hostUidBase(i.spec.qid);

@@ -21,6 +21,8 @@ export interface QubePaths {
   readonly rootMeta: string;
   /** Persistent private volume, mounted at /rw (and /home from /rw/home). */
   readonly private: string;
+  /** A DispVM's private volume, discarded at shutdown (in the root-only folder, like `private`). */
+  readonly dispPrivate: string;
   /**
    * Discarded at every start: the top-level skeleton, overlay upper/work dirs, DispVM private.
    * Kept apart from `dir`: crun, running as the qube's host uid, must traverse to it, while
@@ -41,6 +43,7 @@ export function qubePaths(dataDir: string, uuid: string): QubePaths {
     root: path.join(dir, 'root'),
     rootMeta: path.join(dir, 'root.json'),
     private: path.join(dir, 'private'),
+    dispPrivate: path.join(dir, 'disp-private'),
     volatile: path.join(dataDir, 'volatile', uuid),
     run: path.join(dir, 'run'),
     socket: path.join(dir, 'run', 'qrexec.sock'),

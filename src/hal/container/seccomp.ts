@@ -6,10 +6,12 @@
 // the qube (mount API, unshare/setns, clone with namespace flags). Most are also refused by the
 // missing capabilities; the profile makes the refusal independent of them. Only the host's native
 // syscall ABI is allowed (no i386/x32 entry points), and clone3 answers ENOSYS so libc falls
-// back to clone, where the namespace flags can be inspected.
+// back to clone, where the namespace flags can be inspected. socket(2) refuses address families a
+// qube does not need, vsock first (it is not network-namespaced).
 
 const EPERM = 1;
 const ENOSYS = 38;
+const EAFNOSUPPORT = 97;
 
 /** Syscalls refused outright with EPERM. */
 export const DENIED_SYSCALLS: readonly string[] = [
@@ -29,6 +31,17 @@ export const DENIED_SYSCALLS: readonly string[] = [
   'open_by_handle_at', 'name_to_handle_at', 'iopl', 'ioperm', 'quotactl', 'quotactl_fd',
   'vhangup', 'nfsservctl', 'kcmp', 'process_madvise',
 ];
+
+/**
+ * Address families refused in socket(2): vsock is not network-namespaced (it reaches the host's
+ * and hypervisor's vsock services); the others are rarely needed and have a history of kernel
+ * bugs. A qube keeps AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (and AF_PACKET/raw sockets only with
+ * CAP_NET_RAW, which it lacks).
+ */
+export const DENIED_SOCKET_FAMILIES: Readonly<Record<string, number>> = {
+  AF_AX25: 3, AF_IPX: 4, AF_APPLETALK: 5, AF_ATMPVC: 8, AF_X25: 9, AF_DECnet: 12, AF_RDS: 21,
+  AF_CAN: 29, AF_TIPC: 30, AF_BLUETOOTH: 31, AF_ALG: 38, AF_VSOCK: 40, AF_KCM: 41, AF_XDP: 44,
+};
 
 /** CLONE_NEW* flags refused in clone(2)'s flags argument. */
 const CLONE_NAMESPACE_FLAGS: readonly number[] = [
@@ -73,6 +86,12 @@ export function seccompProfile(): SeccompProfile {
     syscalls: [
       { names: DENIED_SYSCALLS, action: 'SCMP_ACT_ERRNO', errnoRet: EPERM },
       { names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS },
+      ...Object.values(DENIED_SOCKET_FAMILIES).map((family) => ({
+        names: ['socket'],
+        action: 'SCMP_ACT_ERRNO',
+        errnoRet: EAFNOSUPPORT,
+        args: [{ index: 0, value: family, valueTwo: 0, op: 'SCMP_CMP_EQ' }],
+      })),
       ...CLONE_NAMESPACE_FLAGS.map((flag) => ({
         names: ['clone'],
         action: 'SCMP_ACT_ERRNO',

@@ -84,7 +84,7 @@ export async function copyTree(src: string, dst: string): Promise<void> {
 export async function usageBytes(dir: string): Promise<number> {
   if (!fs.existsSync(dir)) return 0;
   try {
-    const { stdout } = await run('du', ['-sb', '--', dir]);
+    const { stdout } = await run('du', ['-sb', '--', dir], { timeout: 30_000 });
     return Number(stdout.split('\t')[0]) || 0;
   } catch {
     return 0;
@@ -154,7 +154,7 @@ export class ContainerVolumes implements VolumeManager {
       }
       case 'private': {
         const disp = o.klass === 'DispVM';
-        const dir = disp ? path.join(p.volatile, 'private') : p.private;
+        const dir = disp ? p.dispPrivate : p.private;
         const usage = await usageBytes(dir);
         return { ...base, size: usage, usage, source: null, path: dir, save_on_stop: !disp, snap_on_start: false };
       }
