@@ -269,15 +269,15 @@ describe('container qubes: bad input and failures', () => {
     const h = host();
     const client = h.daemon.client();
     const samples: string[] = [];
-    let done = false;
+    const state = { done: false };
     const poll = (async () => {
-      while (!done) {
+      while (!state.done) {
         const cs = await client.call({ method: 'admin.vm.CurrentState', dest: 'work' });
         samples.push(/power_state=(\S+)/.exec(cs)?.[1] ?? '');
       }
     })();
     await h.ok('qvm-start', ['work']);
-    done = true;
+    state.done = true;
     await poll;
     const first = samples.findIndex((x) => x !== 'Halted');
     assert.ok(first >= 0, samples.join(','));
