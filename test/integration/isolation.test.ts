@@ -706,8 +706,12 @@ print(os.getresuid(), f["CapEff"], f["CapPrm"], f["NoNewPrivs"])
 
   test('/proc/*/root and /proc/*/cwd lead only into the qube\'s own root', async () => {
     const h = host();
-    const hostTop = REPO_ROOT.split('/')[1] ?? '';
-    assert.ok(fs.readdirSync('/').includes(hostTop));
+    // A top-level entry of the host's / that a qube's / does not have (the repository's, unless
+    // it lives under a name every qube has too, such as /tmp in a fresh clone).
+    const qubeTop = new Set(['bin', 'boot', 'dev', 'etc', 'home', 'lib', 'lib32', 'lib64', 'libx32', 'media', 'mnt', 'opt', 'proc', 'root', 'run', 'rw', 'sbin', 'srv', 'sys', 'tmp', 'usr', 'var', 'lost+found']);
+    const repoTop = REPO_ROOT.split('/')[1] ?? '';
+    const hostTop = qubeTop.has(repoTop) ? (fs.readdirSync('/').find((n) => !qubeTop.has(n)) ?? '') : repoTop;
+    assert.ok(hostTop === '' || fs.readdirSync('/').includes(hostTop));
     const kv = await py(h, 'attacker', String.raw`
       me = os.stat('/')
       bad = []
@@ -731,7 +735,8 @@ print(os.getresuid(), f["CapEff"], f["CapPrm"], f["NoNewPrivs"])
     assert.equal(get(kv, 'bad'), '[]');
     assert.equal(get(kv, 'climb'), 'True');
     assert.equal(get(kv, 'climb-cwd'), 'True');
-    assert.equal(get(kv, 'host-top'), 'False', `/${hostTop} of the host is visible`);
+    // (With no such entry on this host, the climb checks above carry the test.)
+    if (hostTop !== '') assert.equal(get(kv, 'host-top'), 'False', `/${hostTop} of the host is visible`);
     assert.equal(get(kv, 'root-is-top'), 'True');
   });
 
