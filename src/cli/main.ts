@@ -45,6 +45,13 @@ function lookup(verb: string): Loader | undefined {
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
+  // `qvm-ls | head`: a reader that goes away ends the command quietly, as a pipe should.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(0);
+      throw err;
+    });
+  }
   const invoked = path.basename(argv[1] ?? 'bulkhead');
   let args = argv.slice(2);
   let verb = invoked;

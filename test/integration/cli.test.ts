@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { lines, makeTempDir, parsePrefsList, parseTable, removeTempDir, rowOf, runCli, suiteDaemon, type Daemon } from './helpers.js';
+import { BIN_DIR, lines, makeTempDir, parsePrefsList, parseTable, removeTempDir, rowOf, runCli, suiteDaemon, type Daemon } from './helpers.js';
 
 const DEFAULT_QUBES = ['debian-12', 'default-dvm', 'dom0', 'personal', 'untrusted', 'vault', 'work'];
 
@@ -646,5 +646,19 @@ void describe('without a daemon', () => {
       assert.ok(r.stderr.includes(socketPath), `${cmd} names the socket: ${r.stderr}`);
       assert.doesNotMatch(r.stderr, /^\s+at /m, `${cmd} prints no stack trace`);
     }
+  });
+});
+
+void describe('output into a closed pipe', () => {
+  it('a command whose reader went away (qvm-ls | head) ends quietly with exit 0', async () => {
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, [path.join(BIN_DIR, 'bulkhead'), '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Close our end before the command writes: its write fails with EPIPE.
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    assert.equal(code, 0, stderr);
+    assert.doesNotMatch(stderr, /EPIPE|^\s+at /m);
   });
 });
