@@ -3,9 +3,10 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, test } from 'node:test';
-import { reapContainers } from './helpers.js';
-import { suiteQubes } from './qube-helpers.js';
+import { execFileSync } from 'node:child_process';
+import { after, describe, test } from 'node:test';
+import { Daemon, reapContainers } from './helpers.js';
+import { QubeHost, suiteQubes } from './qube-helpers.js';
 
 describe('container qubes: lifecycle', () => {
   const host = suiteQubes(['work', 'other']);
@@ -326,5 +327,55 @@ describe('container qubes: daemon restarts', () => {
     assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
     await h.daemon.start();
     assert.equal(await h.state('work'), 'Halted');
+  });
+});
+
+describe('container qubes: a full disk', () => {
+  let daemon: Daemon | undefined;
+  let mounted = false;
+  after(async () => {
+    if (daemon?.running === true) await daemon.kill();
+    if (mounted) execFileSync('umount', [daemon?.dataDir ?? '']);
+    await daemon?.stop();
+  });
+
+  test('a start on a full disk fails cleanly: Halted, nothing half-made, private data intact', async () => {
+    daemon = new Daemon();
+    fs.mkdirSync(daemon.dataDir, { mode: 0o700 });
+    // The test's own small file system as the data dir (removed in after()).
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0711', 'tmpfs', daemon.dataDir]);
+    mounted = true;
+    await daemon.start();
+    const h = new QubeHost(daemon);
+    await h.ok('bulkhead', ['template', 'build', 'host', 'tpl']);
+    await h.ok('qvm-create', ['-t', 'tpl', '-l', 'red', 'work']);
+    await h.exec('work', 'echo keep-me > /home/user/kept');
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
+    await h.ok('qvm-create', ['-t', 'tpl', '-l', 'red', 'fresh']);
+    const filler = path.join(daemon.dataDir, 'filler');
+    const fd = fs.openSync(filler, 'w');
+    try {
+      for (const size of [64 * 1024, 4096, 1]) {
+        try {
+          for (;;) fs.writeSync(fd, Buffer.alloc(size));
+        } catch (err) {
+          assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
+        }
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    // A qube never started before needs new space for its volumes and runtime files.
+    const r = await h.run('qvm-start', ['fresh']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Start failed: .*(ENOSPC|no space left)/i);
+    assert.equal(await h.state('fresh'), 'Halted');
+    assert.deepEqual(await reapContainers(daemon.dataDir), []);
+    assert.equal(fs.existsSync(path.join(daemon.dataDir, 'volatile', await h.uuid('fresh'))), false);
+    assert.equal(fs.readFileSync(path.join(daemon.dataDir, 'vm', await h.uuid('work'), 'private', 'home', 'user', 'kept'), 'utf8'), 'keep-me\n');
+    fs.rmSync(filler);
+    assert.equal((await h.exec('fresh', 'echo ok')).stdout, 'ok\n');
+    assert.equal((await h.exec('work', 'cat /home/user/kept')).stdout, 'keep-me\n');
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
   });
 });
