@@ -205,3 +205,13 @@ export function printHelp(cmd: Command, prog: string): number {
   out(`usage: ${prog} ${cmd.usage}\n\n${cmd.summary}`);
   return 0;
 }
+
+/** An admin.vm.volume.Info reply (`key=value` lines) as a map. */
+export function parseVolumeInfo(text: string): Map<string, string> {
+  const info = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) info.set(line.slice(0, eq), line.slice(eq + 1));
+  }
+  return info;
+}

@@ -20,6 +20,7 @@ import {
   parseExecParams,
 } from '../protocol/qrexec.js';
 import type { Lifecycle } from './lifecycle.js';
+import { listenWithUmask } from './unix-listen.js';
 
 const REQUEST_TIMEOUT_MS = 30_000;
 
@@ -47,18 +48,7 @@ export class ExecServer {
     const existing = fs.lstatSync(socketPath, { throwIfNoEntry: false });
     if (existing && !existing.isSocket()) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
     fs.rmSync(socketPath, { force: true });
-    const oldMask = process.umask(0o177);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        this.#server.once('error', reject);
-        this.#server.listen(socketPath, () => {
-          this.#server.off('error', reject);
-          resolve();
-        });
-      });
-    } finally {
-      process.umask(oldMask);
-    }
+    await listenWithUmask(this.#server, socketPath, 0o177);
     this.#path = socketPath;
   }
 

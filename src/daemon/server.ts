@@ -19,6 +19,7 @@ import {
 } from '../protocol/admin-wire.js';
 import type { Lifecycle } from './lifecycle.js';
 import { METHODS, type CallContext, type MethodDecl } from './methods.js';
+import { listenWithUmask } from './unix-listen.js';
 
 /** A client must finish sending its request (half-close) within this time. */
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -61,18 +62,7 @@ export class AdminServer {
       fs.rmSync(socketPath, { force: true });
     }
     // The socket is created 0660 from the start (umask), never briefly more open.
-    const oldMask = process.umask(0o117);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        this.#server.once('error', reject);
-        this.#server.listen(socketPath, () => {
-          this.#server.off('error', reject);
-          resolve();
-        });
-      });
-    } finally {
-      process.umask(oldMask);
-    }
+    await listenWithUmask(this.#server, socketPath, 0o117);
     this.#path = socketPath;
     fs.chmodSync(socketPath, 0o660);
     if (process.getuid?.() === 0) fs.chownSync(socketPath, 0, 0);

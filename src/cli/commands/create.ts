@@ -9,6 +9,7 @@ import {
   out,
   parse,
   parseGetAll,
+  parseVolumeInfo,
   printHelp,
   requireDomains,
   runCommand,
@@ -28,7 +29,7 @@ async function cloneVolumes(
   const names = (await client.call({ method: 'admin.vm.volume.List', dest: dst })).split('\n').filter((v) => v !== '');
   for (const volume of names) {
     const text = await client.call({ method: 'admin.vm.volume.Info', dest: dst, arg: volume });
-    const info = new Map(text.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    const info = parseVolumeInfo(text);
     if (!pick(info, volume)) continue;
     const token = await client.call({ method: 'admin.vm.volume.CloneFrom', dest: src, arg: volume });
     await client.call({ method: 'admin.vm.volume.CloneTo', dest: dst, arg: volume, payload: token });

@@ -1,14 +1,6 @@
 // qvm-volume: list a qube's volumes and show one volume's details (admin.vm.volume.List / Info).
-import { ExitError, UsageError, errorLine, formatTable, listDomains, out, parse, pickDomains, printHelp, runCommand, type Command } from '../common.js';
+import { ExitError, UsageError, errorLine, formatTable, listDomains, out, parse, parseVolumeInfo, pickDomains, printHelp, runCommand, type Command } from '../common.js';
 
-function parseInfo(text: string): Map<string, string> {
-  const info = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const eq = line.indexOf('=');
-    if (eq > 0) info.set(line.slice(0, eq), line.slice(eq + 1));
-  }
-  return info;
-}
 
 export const qvmVolume: Command = {
   name: 'qvm-volume',
@@ -26,7 +18,7 @@ export const qvmVolume: Command = {
         for (const d of domains) {
           const names = (await a.client.call({ method: 'admin.vm.volume.List', dest: d.name })).split('\n').filter((n) => n !== '');
           for (const v of names) {
-            const info = parseInfo(await a.client.call({ method: 'admin.vm.volume.Info', dest: d.name, arg: v }));
+            const info = parseVolumeInfo(await a.client.call({ method: 'admin.vm.volume.Info', dest: d.name, arg: v }));
             rows.push([`${info.get('pool') ?? ''}:${info.get('vid') ?? ''}`, d.name, v, 'No']);
           }
         }
@@ -43,7 +35,7 @@ export const qvmVolume: Command = {
         pickDomains(await listDomains(a.client), [vm]);
         const names = (await a.client.call({ method: 'admin.vm.volume.List', dest: vm })).split('\n').filter((n) => n !== '');
         if (!names.includes(volume)) throw new UsageError(`no volume '${volume}' in qube '${vm}'`);
-        const info = parseInfo(await a.client.call({ method: 'admin.vm.volume.Info', dest: vm, arg: volume }));
+        const info = parseVolumeInfo(await a.client.call({ method: 'admin.vm.volume.Info', dest: vm, arg: volume }));
         if (property !== undefined) {
           const value = info.get(property);
           if (value === undefined) {
