@@ -132,9 +132,8 @@ export class Lifecycle {
       const v = qubeValue(s, q, prop);
       return typeof v === 'number' ? v : fallback;
     };
-    let root: QubeRecord | undefined = templateOf(s, q);
     // A disposable's template is an AppVM; its root comes from that AppVM's template.
-    if (root && root.klass !== 'TemplateVM') root = templateOf(s, root);
+    const root = this.#rootOf(q);
     const user = qubeValue(s, q, 'default_user');
     return {
       name: q.name,
@@ -166,6 +165,9 @@ export class Lifecycle {
   async shutdown(name: string, opts: ShutdownOptions): Promise<void> {
     const { q, backend } = this.#runningBackend(name);
     const state = backend.state(q.name);
+    if (state === 'Transient' || this.#starting.has(q.name)) {
+      throw new QubesError('QubesVMError', `Domain is starting: '${q.name}'; wait for it, or kill it`);
+    }
     if (state === 'Paused' && !opts.force) {
       throw new QubesError('QubesVMNotRunningError', `Domain not running (either powered off or paused): '${q.name}'`);
     }
@@ -209,9 +211,19 @@ export class Lifecycle {
     }
   }
 
+  /** Backend failures (crun errors) become Qubes errors the client can show. */
+  async #backendCall(op: string, q: QubeRecord, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof QubesError) throw err;
+      throw new QubesError('QubesVMError', `${op} failed: ${q.name}: ${(err as Error).message}`);
+    }
+  }
+
   async kill(name: string): Promise<void> {
     const { q, backend } = this.#runningBackend(name);
-    await backend.kill(q.name);
+    await this.#backendCall('Kill', q, () => backend.kill(q.name));
     this.#registry.emit({ subject: q.name, event: 'domain-stopped', kwargs: [] });
     this.#registry.emit({ subject: q.name, event: 'domain-shutdown', kwargs: [] });
   }
@@ -227,7 +239,7 @@ export class Lifecycle {
     if (!backend.capabilities.pause) {
       throw new QubesError('QubesNotImplementedError', `The ${backend.kind} backend cannot pause qubes`);
     }
-    await backend.pause(q.name);
+    await this.#backendCall('Pause', q, () => backend.pause(q.name));
     this.#registry.emit({ subject: q.name, event: 'domain-paused', kwargs: [] });
   }
 
@@ -237,7 +249,7 @@ export class Lifecycle {
       throw new QubesError('QubesVMNotPausedError', `Domain is not paused: '${q.name}'`);
     }
     const { backend } = this.#runningBackend(name);
-    await backend.unpause(q.name);
+    await this.#backendCall('Unpause', q, () => backend.unpause(q.name));
     this.#registry.emit({ subject: q.name, event: 'domain-unpaused', kwargs: [] });
   }
 
@@ -281,6 +293,9 @@ export class Lifecycle {
     for (const q of qubes) this.#volumeBusy.add(q.uuid);
     try {
       return await op();
+    } catch (err) {
+      if (err instanceof QubesError) throw err;
+      throw new QubesError('QubesException', `Volume operation failed: ${(err as Error).message}`);
     } finally {
       for (const q of qubes) this.#volumeBusy.delete(q.uuid);
     }
@@ -295,8 +310,7 @@ export class Lifecycle {
     if (backend?.volumes === undefined) {
       throw new QubesError('QubesException', `the '${this.#backendKind(q)}' isolation backend is not available on this host`);
     }
-    let root: QubeRecord | undefined = templateOf(this.#registry.state, q);
-    if (root && root.klass !== 'TemplateVM') root = templateOf(this.#registry.state, root);
+    const root = this.#rootOf(q);
     return { manager: backend.volumes, owner: { name: q.name, uuid: q.uuid, klass: q.klass, rootTemplateUuid: root?.uuid ?? null } };
   }
 

@@ -139,6 +139,10 @@ describe('qube channel', () => {
   test('waitHello times out when nobody connects; the agent hanging up is reported', async () => {
     const { ch, sock } = await channel();
     await assert.rejects(ch.waitHello(50), /did not connect/);
+    // An abort that came before the wait began still counts.
+    const ac = new AbortController();
+    ac.abort(new Error('killed early'));
+    await assert.rejects(ch.waitHello(5000, ac.signal), /killed early/);
     const a = await connect(sock);
     let gone = false;
     ch.onDisconnect(() => { gone = true; });

@@ -188,6 +188,7 @@ export class QubeChannel {
   waitHello(timeoutMs: number, signal?: AbortSignal): Promise<void> {
     if (this.connected) return Promise.resolve();
     if (this.#closed) return Promise.reject(new ChannelError('channel closed'));
+    if (signal?.aborted === true) return Promise.reject(signal.reason instanceof Error ? signal.reason : new ChannelError('aborted'));
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         finish();

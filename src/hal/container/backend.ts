@@ -108,8 +108,8 @@ export class ContainerBackend implements HypervisorBackend {
   readonly #crun: Crun;
   readonly #cgroupMode: CgroupMode;
   readonly #running = new Map<string, RunningQube>();
-  /** Names whose start is being prepared (before they are in #running). */
-  readonly #starting = new Set<string>();
+  /** Starts in progress (before and while in #running as Transient): kill aborts them. */
+  readonly #starting = new Map<string, { abort: AbortController; done: Promise<void> }>();
   readonly #listeners = new Set<(n: ExitNotice) => void>();
   readonly #noticeListeners = new Set<(n: QubeNotice) => void>();
   readonly #watchdog: NodeJS.Timeout;
@@ -179,15 +179,19 @@ export class ContainerBackend implements HypervisorBackend {
   async start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void> {
     if (this.#running.has(spec.name) || this.#starting.has(spec.name)) throw new Error(`'${spec.name}' is already running`);
     // Transient from the first moment: nobody may take this qube for Halted while it starts.
-    this.#starting.add(spec.name);
+    const abort = new AbortController();
+    const combined = signal === undefined ? abort.signal : AbortSignal.any([signal, abort.signal]);
+    const done = this.#start(spec, combined);
+    this.#starting.set(spec.name, { abort, done });
     try {
-      await this.#start(spec, signal);
+      await done;
     } finally {
       this.#starting.delete(spec.name);
     }
   }
 
-  async #start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void> {
+  async #start(spec: QubeLaunchSpec, signal: AbortSignal): Promise<void> {
+    await Promise.resolve(); // registered in #starting before any work
     const paths = qubePaths(this.#opts.dataDir, spec.uuid);
     const id = containerId(spec.uuid);
     const base = hostUidBase(spec.qid);
@@ -199,6 +203,7 @@ export class ContainerBackend implements HypervisorBackend {
 
     // A container with this id may survive a crash of an earlier daemon: never run two.
     await this.#crun.delete(id, true);
+    signal.throwIfAborted();
     const volatile = paths.volatile;
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     if (!dispPrivate) ensurePrivate(paths.private);
@@ -284,7 +289,9 @@ export class ContainerBackend implements HypervisorBackend {
     };
     this.#running.set(spec.name, q);
     try {
+      signal.throwIfAborted();
       await this.#crun.runDetached(id, paths.run, paths.console);
+      signal.throwIfAborted();
       const st = await this.#crun.state(id);
       if (st === undefined) throw new Error(`the qube exited at once: ${lastLines(paths.console)}`);
       q.pid = st.pid;
@@ -416,6 +423,13 @@ export class ContainerBackend implements HypervisorBackend {
   }
 
   async kill(name: string): Promise<void> {
+    const starting = this.#starting.get(name);
+    if (starting !== undefined) {
+      // Killing a starting qube aborts its start, which cleans everything up.
+      starting.abort.abort(new Error(`'${name}' was killed while starting`));
+      await starting.done.catch(() => undefined);
+      return;
+    }
     const q = this.#get(name);
     q.stopping = true;
     await this.#teardown(q);
