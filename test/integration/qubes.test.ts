@@ -288,6 +288,22 @@ describe('container qubes: bad input and failures', () => {
     await h.ok('qvm-shutdown', ['--wait', 'work']);
   });
 
+  test('a qube flooding its console log cannot fill the host disk through it', async () => {
+    const h = host();
+    await h.ok('qvm-start', ['--skip-if-running', 'work']);
+    const log = path.join(h.daemon.dataDir, 'vm', await h.uuid('work'), 'run', 'console.log');
+    const r = await h.root('work', 'head -c 3000000 /dev/zero >> /proc/1/fd/2 && echo flooded');
+    assert.equal(r.stdout, 'flooded\n', r.stderr);
+    let size = fs.statSync(log).size;
+    for (let i = 0; i < 40 && size > 1024 * 1024; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      size = fs.statSync(log).size;
+    }
+    assert.ok(size <= 1024 * 1024, `console log still ${size} bytes`);
+    assert.ok(fs.statSync(log).blocks * 512 <= 2 * 1024 * 1024);
+    await h.ok('qvm-shutdown', ['--wait', 'work']);
+  });
+
   test('invalid memory values are refused before anything starts', async () => {
     const h = host();
     for (const v of ['-5', 'lots', '1.5']) {

@@ -56,6 +56,8 @@ interface RunningQube {
 }
 
 const WATCHDOG_MS = 1000;
+/** A qube's console log (written by the qube) is cut back to nothing beyond this size. */
+export const CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
 
 /** State (field 3) and start time (field 22) of a process, from /proc/PID/stat. */
 function procStat(pid: number): { state: string; start: string } | undefined {
@@ -345,6 +347,19 @@ export class ContainerBackend implements HypervisorBackend {
       if (q.state === 'Transient') continue;
       this.#check(q);
       this.#checkOom(q);
+      this.#capConsole(q);
+    }
+  }
+
+  /** The console log is the qube's to write: keep it from filling the host's disk. */
+  #capConsole(q: RunningQube): void {
+    try {
+      if (fs.statSync(q.paths.console).size > CONSOLE_LOG_MAX_BYTES) {
+        fs.truncateSync(q.paths.console, 0);
+        this.#log.warn({ qube: q.name }, `console log over ${CONSOLE_LOG_MAX_BYTES} bytes; truncated`);
+      }
+    } catch {
+      // gone with the qube
     }
   }
 

@@ -57,7 +57,9 @@ export class Crun {
 
   /** `crun run -d`: creates and starts the container; its stdio goes to `logFile`. */
   async runDetached(id: string, bundle: string, logFile: string): Promise<void> {
-    const fd = fs.openSync(logFile, 'w', 0o600);
+    // O_APPEND: once the daemon truncates an overlong log, the qube's writes start over at 0.
+    fs.rmSync(logFile, { force: true });
+    const fd = fs.openSync(logFile, 'a', 0o600);
     try {
       const [cmd, argv] = this.commandFor(['run', '-d', '--bundle', bundle, id]);
       const code = await new Promise<number>((resolve, reject) => {
