@@ -34,8 +34,8 @@ async function main(): Promise<void> {
     console.log(`started ${QUBES} qubes (${PARALLEL} at a time) in ${(all / 1000).toFixed(2)} s`);
     console.log(`MemAvailable: ${(before / 1024).toFixed(0)} MB before, ${(after / 1024).toFixed(0)} MB after`);
     console.log(`cgroup memory per qube (avg, incl. page cache): ${avgCgroupMB.toFixed(1)} MB`);
-    console.log(`start-all-${QUBES}: ${(all / 1000).toFixed(2)} s`);
-    console.log(`added-host-memory-per-qube: ${perQubeMB.toFixed(1)} MB`);
+    console.log(`start_all_${QUBES}: ${(all / 1000).toFixed(2)} s`);
+    console.log(`added_host_memory_per_qube: ${perQubeMB.toFixed(1)} MB`);
   } finally {
     await backend.close();
   }

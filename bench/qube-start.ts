@@ -31,8 +31,8 @@ async function main(): Promise<void> {
   console.log(`cgroups: ${backend.cgroupMode}; rounds: ${ROUNDS}`);
   console.log(`start to HELLO: p50 ${ms(percentile(starts, 50))} ms, p90 ${ms(percentile(starts, 90))} ms, max ${ms(Math.max(...starts))} ms`);
   console.log(`shutdown:       p50 ${ms(percentile(stops, 50))} ms, p90 ${ms(percentile(stops, 90))} ms`);
-  console.log(`qube-shutdown-p50: ${ms(percentile(stops, 50))} ms`);
-  console.log(`qube-start-to-hello-p50: ${ms(percentile(starts, 50))} ms`);
+  console.log(`qube_shutdown_p50: ${ms(percentile(stops, 50))} ms`);
+  console.log(`qube_start_to_hello_p50: ${ms(percentile(starts, 50))} ms`);
 }
 
 await main();
