@@ -34,7 +34,8 @@ function usage(): string {
     'commands:',
     '  daemon [--data-dir DIR] [--socket PATH] [--default-qubes] [--build-default-template]',
     '                 run the admin daemon (foreground)',
-    ...[...COMMANDS.keys()].map((c) => `  ${c.padEnd(14)} (also: bulkhead ${c.replace(/^(qvm|qubes)-/, '')})`),
+    ...[...COMMANDS.keys()].map((c) =>
+      c.includes('-') ? `  ${c.padEnd(14)} (also: bulkhead ${c.replace(/^(qvm|qubes)-/, '')})` : `  ${c} ... (see bulkhead ${c} --help)`),
     '',
     'Every command takes --socket PATH (or BULKHEAD_SOCKET); default /run/bulkhead/qubesd.sock.',
   ].join('\n');

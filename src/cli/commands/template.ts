@@ -10,7 +10,7 @@ const DEFAULT_NAMES: Record<TemplateFlavor, string> = { debian: 'debian-12', hos
 const TEMPLATE_CACHE = templateCacheDir();
 
 export const template: Command = {
-  name: 'template',
+  name: 'bulkhead template',
   usage: '[-h] [--socket PATH] [--label LABEL] build {host,debian} [NAME]',
   summary: [
     'Build a TemplateVM root and register it (default names: host, debian-12).',
