@@ -7,6 +7,7 @@ import type { QubeRecord } from '../core/model.js';
 import { qubeValue, refValue, templateOf } from '../core/properties.js';
 import type { Registry } from '../core/registry.js';
 import crypto from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
 import type { BackendKind, HypervisorBackend, PowerState, QubeLaunchSpec, RootImport, VolumeInfo, VolumeManager, VolumeOwner } from '../hal/types.js';
 import { ShutdownTimeout } from '../hal/types.js';
@@ -20,8 +21,8 @@ export class Lifecycle {
   readonly #registry: Registry;
   readonly #backends: ReadonlyMap<BackendKind, HypervisorBackend>;
   readonly #log: Logger;
-  /** Starts in flight, so concurrent starts of one qube share the work. */
-  readonly #starting = new Map<string, Promise<void>>();
+  /** Starts in flight, so concurrent starts of one qube share the work; kill aborts them. */
+  readonly #starting = new Map<string, { job: Promise<void>; abort: AbortController }>();
   readonly #unsubscribers: (() => void)[] = [];
   /** uuid → the backend running that qube. */
   readonly #placement = new Map<string, HypervisorBackend>();
@@ -44,10 +45,22 @@ export class Lifecycle {
       this.#unsubscribers.push(
         backend.onExit((n) => {
           this.#log.warn({ qube: n.name, state: n.state, reason: n.reason }, 'qube stopped on its own');
-          this.#registry.emit({ subject: n.name, event: 'domain-shutdown', kwargs: [['reason', n.reason]] });
+          const q = this.#registry.state.qubes.get(n.name);
+          if (q) this.#emitStopped(q, n.reason);
         }),
       );
     }
+  }
+
+  /** uuid → whether this run's stop was announced: domain-stopped/-shutdown once per run. */
+  readonly #runs = new Map<string, { stopped: boolean }>();
+
+  #emitStopped(q: QubeRecord, reason?: string): void {
+    const run = this.#runs.get(q.uuid);
+    if (run === undefined || run.stopped) return;
+    run.stopped = true;
+    this.#registry.emit({ subject: q.name, event: 'domain-stopped', kwargs: [] });
+    this.#registry.emit({ subject: q.name, event: 'domain-shutdown', kwargs: reason === undefined ? [] : [['reason', reason]] });
   }
 
   #backendKind(q: QubeRecord): BackendKind {
@@ -91,17 +104,22 @@ export class Lifecycle {
     const q = this.#registry.resolve(name);
     if (q.klass === 'AdminVM') return;
     const inFlight = this.#starting.get(q.name);
-    if (inFlight) return inFlight;
+    if (inFlight) return inFlight.job;
+    // A qube still being cleaned up after a stop is started once it is Halted.
+    for (let i = 0; i < 200 && this.powerState(q.name) === 'Halting'; i++) await sleep(50);
+    if (this.#starting.has(q.name)) return this.#starting.get(q.name)?.job;
     if (this.powerState(q.name) !== 'Halted') return;
-    if (this.#volumeBusy.has(q.uuid)) {
-      throw new QubesError('QubesVMError', `Start failed: a volume operation on '${q.name}' is in progress`);
+    const root = this.#rootOf(q);
+    if (this.#volumeBusy.has(q.uuid) || (root !== undefined && this.#volumeBusy.has(root.uuid))) {
+      throw new QubesError('QubesVMError', `Start failed: a volume operation on '${q.name}' or its template is in progress`);
     }
-    const job = this.#doStart(q).finally(() => this.#starting.delete(q.name));
-    this.#starting.set(q.name, job);
+    const abort = new AbortController();
+    const job = this.#doStart(q, abort.signal).finally(() => this.#starting.delete(q.name));
+    this.#starting.set(q.name, { job, abort });
     return job;
   }
 
-  async #doStart(q: QubeRecord): Promise<void> {
+  async #doStart(q: QubeRecord, signal: AbortSignal): Promise<void> {
     const s = this.#registry.state;
     const kind = this.#backendKind(q);
     const backend = this.#backends.get(kind);
@@ -112,9 +130,12 @@ export class Lifecycle {
       }
       // A qube needs its network provider running first.
       const netvm = refValue(s, q, 'netvm');
-      if (netvm !== null) await this.start(netvm);
+      // (A kill of this qube ends the wait; the netvm's own start goes on.)
+      if (netvm !== null) await untilAborted(this.start(netvm), signal);
+      signal.throwIfAborted();
       this.#placement.set(q.uuid, backend);
-      await backend.start(this.#launchSpec(q));
+      this.#runs.set(q.uuid, { stopped: false });
+      await backend.start(this.#launchSpec(q), signal);
     } catch (err) {
       if (backend?.state(q.name) === 'Halted') this.#placement.delete(q.uuid);
       const reason = err instanceof QubesError ? err.message : (err as Error).message;
@@ -189,8 +210,7 @@ export class Lifecycle {
     const job = (async () => {
       if (state === 'Paused') await backend.unpause(q.name);
       await backend.shutdown(q.name, typeof timeout === 'number' ? timeout : 60);
-      this.#registry.emit({ subject: q.name, event: 'domain-stopped', kwargs: [] });
-      this.#registry.emit({ subject: q.name, event: 'domain-shutdown', kwargs: [] });
+      this.#emitStopped(q);
     })();
     if (!opts.wait) {
       job.catch((err: unknown) => {
@@ -222,10 +242,16 @@ export class Lifecycle {
   }
 
   async kill(name: string): Promise<void> {
+    const starting = this.#starting.get(this.#registry.resolve(name).name);
+    if (starting !== undefined) {
+      // Killing a starting qube aborts the start (waiting for its netvm, or in the backend).
+      starting.abort.abort(new Error('killed while starting'));
+      await starting.job.catch(() => undefined);
+      return;
+    }
     const { q, backend } = this.#runningBackend(name);
     await this.#backendCall('Kill', q, () => backend.kill(q.name));
-    this.#registry.emit({ subject: q.name, event: 'domain-stopped', kwargs: [] });
-    this.#registry.emit({ subject: q.name, event: 'domain-shutdown', kwargs: [] });
+    this.#emitStopped(q);
   }
 
   async pause(name: string): Promise<void> {
@@ -348,17 +374,31 @@ export class Lifecycle {
     const src = [...this.#registry.state.qubes.values()].find((o) => o.uuid === entry.uuid);
     if (!src) throw new QubesError('QubesException', 'The source qube of the clone is gone');
     const qubes = src.uuid === q.uuid ? [q] : [src, q];
-    await this.#withHalted(qubes, () => manager.clone(this.#volumes(src).owner, owner, untrustedVolume));
+    // Replacing a root pulls it from under every qube running on it.
+    const users = untrustedVolume === 'root' ? this.#rootUsers(q) : [];
+    this.#refuseRunningUsers(q, users);
+    await this.#withHalted([...qubes, ...users], () => manager.clone(this.#volumes(src).owner, owner, untrustedVolume));
   }
 
   async importRoot(q: QubeRecord, from: RootImport): Promise<void> {
     const { manager, owner } = this.#volumes(q);
-    // Qubes running on this root keep using it as their lower layer: not while they run.
-    const users = this.#registry.list().filter((o) => o.name !== q.name && this.powerState(o.name) !== 'Halted' && this.#rootOf(o)?.uuid === q.uuid);
-    if (users.length > 0) {
-      throw new QubesError('QubesVMInUseError', `Qubes based on '${q.name}' are running: ${users.map((o) => o.name).join(', ')}`);
+    // Qubes running on this root keep using it as their lower layer: not while they run, and
+    // none of them may start until the new root is in place.
+    const users = this.#rootUsers(q);
+    this.#refuseRunningUsers(q, users);
+    await this.#withHalted([q, ...users], () => manager.importRoot(owner, from));
+  }
+
+  /** The qubes whose root is `t`'s (AppVMs of a TemplateVM, DispVMs through their template). */
+  #rootUsers(t: QubeRecord): QubeRecord[] {
+    return this.#registry.list().filter((o) => o.uuid !== t.uuid && this.#rootOf(o)?.uuid === t.uuid);
+  }
+
+  #refuseRunningUsers(t: QubeRecord, users: readonly QubeRecord[]): void {
+    const running = users.filter((o) => this.powerState(o.name) !== 'Halted');
+    if (running.length > 0) {
+      throw new QubesError('QubesVMInUseError', `Qubes based on '${t.name}' are running: ${running.map((o) => o.name).join(', ')}`);
     }
-    await this.#withHalted([q], () => manager.importRoot(owner, from));
   }
 
   /** The TemplateVM whose root a qube uses (through its disposable template for a DispVM). */
@@ -374,7 +414,22 @@ export class Lifecycle {
   }
 
   async close(): Promise<void> {
+    for (const s of this.#starting.values()) s.abort.abort(new Error('the daemon is stopping'));
+    await Promise.all([...this.#starting.values()].map((s) => s.job.catch(() => undefined)));
     for (const u of this.#unsubscribers) u();
     await Promise.all([...this.#backends.values()].map((b) => b.close()));
   }
+}
+
+/** `p`, unless `signal` aborts first (then its reason). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => { reject(signal.reason instanceof Error ? signal.reason : new Error('aborted')); };
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => { signal.removeEventListener('abort', onAbort); resolve(v); },
+      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err instanceof Error ? err : new Error(String(err))); },
+    );
+  });
 }

@@ -54,6 +54,8 @@ export class QubeChannel {
   #helloWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   readonly #closeListeners = new Set<() => void>();
   #closed = false;
+  /** One control connection per qube start: once it closed, the agent is gone for good. */
+  #hadControl = false;
   /** Every connection ever accepted and still open: all closed with the channel. */
   readonly #sockets = new Set<net.Socket>();
 
@@ -139,12 +141,13 @@ export class QubeChannel {
   }
 
   #onControl(sock: net.Socket, untrustedVersion: number, rest: Buffer[], leftover: Buffer): void {
-    if (this.#control !== undefined || rest.length > 0 || leftover.length > 0) {
+    if (this.#control !== undefined || this.#hadControl || rest.length > 0 || leftover.length > 0) {
       // One control connection per qube start; nothing may follow HELLO before our reply.
       sock.destroy();
       return;
     }
     this.#control = sock;
+    this.#hadControl = true;
     this.#version = Math.min(QREXEC_PROTOCOL_VERSION, untrustedVersion >>> 0);
     sock.write(encodeHello(QREXEC_PROTOCOL_VERSION));
     // The agent sends nothing else on the control connection yet (service triggers come with

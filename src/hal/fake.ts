@@ -17,6 +17,8 @@ export interface FakeBackendOptions {
   readonly capabilities?: Partial<BackendCapabilities>;
   /** Names whose start fails with this message. */
   readonly failStart?: ReadonlyMap<string, string>;
+  /** Names whose start never finishes by itself (only an abort ends it). */
+  readonly slowStart?: ReadonlySet<string>;
   /** Names that ignore graceful shutdown (to exercise timeouts). */
   readonly hangOnShutdown?: ReadonlySet<string>;
 }
@@ -42,9 +44,18 @@ export class FakeBackend implements HypervisorBackend {
     };
   }
 
-  start(spec: QubeLaunchSpec): Promise<void> {
+  start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void> {
     const failure = this.#opts.failStart?.get(spec.name);
     if (failure !== undefined) return Promise.reject(new Error(failure));
+    if (this.#opts.slowStart?.has(spec.name)) {
+      this.#states.set(spec.name, 'Transient');
+      return new Promise((_resolve, reject) => {
+        signal?.addEventListener('abort', () => {
+          this.#states.set(spec.name, 'Halted');
+          reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+        }, { once: true });
+      });
+    }
     this.started.push(spec);
     this.#states.set(spec.name, 'Running');
     return Promise.resolve();

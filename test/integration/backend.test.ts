@@ -71,4 +71,21 @@ describe('container backend: starts that never finish', () => {
     assert.ok(Date.now() - t0 < 5000);
     await assertGone(s);
   });
+
+  test('closing the backend during a start aborts it: nothing keeps running', async () => {
+    const data = path.join(dir, 'data2');
+    const second = await ContainerBackend.create({
+      dataDir: data, log: silentLogger(), agentBundle: path.join(REPO_ROOT, 'dist', 'agent-bundle'), nodeBinary: path.join(dir, 'silent-agent'),
+    });
+    await importRoot(data, TEMPLATE, path.join(dir, 'stage'), { hostUsr: true, source: 'host' });
+    const s = spec('closing', 3, 60);
+    const starting = second.start(s);
+    starting.catch(() => undefined);
+    for (let i = 0; i < 100 && (await crun.state(containerId(s.uuid))) === undefined; i++) await new Promise((r) => setTimeout(r, 20));
+    await second.close();
+    await assert.rejects(starting, /daemon is stopping/);
+    assert.equal(await crun.state(containerId(s.uuid)), undefined);
+    assert.equal(fs.existsSync(qubePaths(data, s.uuid).volatile), false);
+    await assert.rejects(second.start(spec('late', 4)), /shutting down/);
+  });
 });

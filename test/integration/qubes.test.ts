@@ -107,6 +107,26 @@ describe('container qubes: lifecycle', () => {
     assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
   });
 
+  test('a kill during a slow graceful shutdown ends it at once, with one domain-shutdown', async () => {
+    const h = host();
+    await h.ok('qvm-start', ['--skip-if-running', 'work']);
+    // A process that ignores SIGTERM holds the graceful shutdown up (the agent waits for it).
+    await h.run('qvm-run', ['-u', 'root', 'work', 'trap "" TERM; exec sleep 300']);
+    const events: string[] = [];
+    const ac = new AbortController();
+    const stream = h.daemon.client().events('work', (e) => { events.push(e.event); }, ac.signal);
+    await h.ok('qvm-shutdown', ['work']);
+    const t0 = Date.now();
+    await h.ok('qvm-kill', ['work']);
+    await h.waitState('work', 'Halted', 5000);
+    assert.ok(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
+    await new Promise((r) => setTimeout(r, 300));
+    ac.abort();
+    await stream;
+    assert.equal(events.filter((e) => e === 'domain-shutdown').length, 1, events.join(','));
+    assert.equal(events.filter((e) => e === 'domain-stopped').length, 1, events.join(','));
+  });
+
   test('memory limit: exceeding maxmem kills inside the qube only', async () => {
     const h = host();
     await h.ok('qvm-shutdown', ['--wait', '--all']);

@@ -53,6 +53,8 @@ interface RunningQube {
   markExited: () => void;
   /** The one teardown of this run (kill during a shutdown reuses it). */
   teardown?: Promise<void>;
+  /** The graceful shutdown in progress (a second shutdown waits for it). */
+  shutdownJob?: Promise<void>;
 }
 
 const WATCHDOG_MS = 1000;
@@ -115,6 +117,7 @@ export class ContainerBackend implements HypervisorBackend {
   readonly #listeners = new Set<(n: ExitNotice) => void>();
   readonly #noticeListeners = new Set<(n: QubeNotice) => void>();
   readonly #watchdog: NodeJS.Timeout;
+  #closed = false;
 
   private constructor(opts: ContainerBackendOptions, mode: CgroupMode) {
     this.#opts = opts;
@@ -179,6 +182,7 @@ export class ContainerBackend implements HypervisorBackend {
   }
 
   async start(spec: QubeLaunchSpec, signal?: AbortSignal): Promise<void> {
+    if (this.#closed) throw new Error('the container backend is shutting down');
     if (this.#running.has(spec.name) || this.#starting.has(spec.name)) throw new Error(`'${spec.name}' is already running`);
     // Transient from the first moment: nobody may take this qube for Halted while it starts.
     const abort = new AbortController();
@@ -395,19 +399,32 @@ export class ContainerBackend implements HypervisorBackend {
         const message = (err as Error).message;
         if ((await this.#crun.state(q.id)) !== undefined) {
           this.#log.error({ qube: q.name, err: message }, 'cannot remove the container; the qube is left as it is');
+          // Still there: watched again like any running qube, and stoppable again.
           q.state = before === 'Transient' ? 'Running' : before;
+          q.stopping = false;
           q.teardown = undefined;
           throw new Error(`cannot stop '${q.name}': ${message}`, { cause: err });
         }
       }
-      await q.channel.close();
-      fs.rmSync(q.paths.volatile, { recursive: true, force: true });
-      if (q.dispPrivate) fs.rmSync(q.paths.dispPrivate, { recursive: true, force: true });
-      q.state = 'Halted';
-      if (this.#running.get(q.name) === q) this.#running.delete(q.name);
-      q.markExited();
+      try {
+        await q.channel.close();
+        fs.rmSync(q.paths.volatile, { recursive: true, force: true });
+        if (q.dispPrivate) fs.rmSync(q.paths.dispPrivate, { recursive: true, force: true });
+      } catch (err) {
+        this.#log.error({ qube: q.name, err: (err as Error).message }, 'cleaning up after a qube failed');
+      } finally {
+        // The container is gone: the qube is Halted whatever else failed.
+        q.state = 'Halted';
+        if (this.#running.get(q.name) === q) this.#running.delete(q.name);
+        q.markExited();
+      }
     })();
     return q.teardown;
+  }
+
+  /** This run of the qube is still the live one and nobody is stopping it. */
+  #current(q: RunningQube): boolean {
+    return this.#running.get(q.name) === q && !q.stopping;
   }
 
   #get(name: string): RunningQube {
@@ -418,23 +435,33 @@ export class ContainerBackend implements HypervisorBackend {
 
   async shutdown(name: string, timeoutSec: number): Promise<void> {
     const q = this.#get(name);
-    if (q.stopping) return q.exited;
-    q.stopping = true;
-    if (q.channel.requestShutdown()) {
-      const timer = new Promise<boolean>((resolve) => setTimeout(() => { resolve(false); }, Math.max(0, timeoutSec) * 1000).unref());
-      const graceful = new Promise<boolean>((resolve) => {
-        const t = setInterval(() => {
-          if (!initAlive(q.pid, q.pidStart)) {
-            clearInterval(t);
-            resolve(true);
-          }
-        }, 10);
-        void q.exited.then(() => { clearInterval(t); });
-      });
-      const clean = await Promise.race([graceful, timer]);
-      if (!clean) this.#log.warn({ qube: name, timeoutSec }, 'graceful shutdown timed out; killing');
-    }
-    await this.#teardown(q);
+    if (q.teardown) return q.teardown;
+    q.shutdownJob ??= (async () => {
+      q.stopping = true;
+      try {
+        if (q.channel.requestShutdown() && !(await this.#waitGone(q, timeoutSec * 1000))) {
+          this.#log.warn({ qube: name, timeoutSec }, 'graceful shutdown timed out; killing');
+        }
+        await this.#teardown(q);
+      } finally {
+        q.shutdownJob = undefined;
+      }
+    })();
+    return q.shutdownJob;
+  }
+
+  /** Resolves true once the qube's init is gone (or its teardown ran), false after `ms`. */
+  #waitGone(q: RunningQube, ms: number): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const done = (gone: boolean): void => {
+        clearInterval(poll);
+        clearTimeout(timer);
+        resolve(gone);
+      };
+      const poll = setInterval(() => { if (!initAlive(q.pid, q.pidStart)) done(true); }, 10);
+      const timer = setTimeout(() => { done(false); }, Math.max(0, ms));
+      void q.exited.then(() => { done(true); });
+    });
   }
 
   async kill(name: string): Promise<void> {
@@ -452,14 +479,16 @@ export class ContainerBackend implements HypervisorBackend {
 
   async pause(name: string): Promise<void> {
     const q = this.#get(name);
+    if (q.stopping) throw new Error(`'${name}' is shutting down`);
     await this.#crun.pause(q.id);
-    q.state = 'Paused';
+    // The qube may have been stopped meanwhile: only a still-current, still-running one is Paused.
+    if (this.#current(q) && q.state === 'Running') q.state = 'Paused';
   }
 
   async unpause(name: string): Promise<void> {
     const q = this.#get(name);
     await this.#crun.resume(q.id);
-    q.state = 'Running';
+    if (this.#current(q) && q.state === 'Paused') q.state = 'Running';
   }
 
   state(name: string): PowerState {
@@ -475,7 +504,9 @@ export class ContainerBackend implements HypervisorBackend {
 
   async exec(name: string, cmdline: string, justExec = false): Promise<Duplex> {
     const q = this.#get(name);
-    if (q.state !== 'Running') throw new Error(`'${name}' is ${q.state === 'Paused' ? 'paused' : 'not running'}`);
+    if (q.state !== 'Running' || q.stopping) {
+      throw new Error(`'${name}' is ${q.state === 'Paused' ? 'paused' : q.stopping ? 'shutting down' : 'not running'}`);
+    }
     return q.channel.exec(cmdline, justExec);
   }
 
@@ -486,6 +517,11 @@ export class ContainerBackend implements HypervisorBackend {
 
   /** Stops every qube (a short graceful shutdown, then kill); nothing is left running. */
   async close(): Promise<void> {
+    this.#closed = true;
+    // Starts in progress end first (aborted, cleaned up), then every running qube.
+    const starting = [...this.#starting.entries()];
+    for (const [name, s] of starting) s.abort.abort(new Error(`'${name}': the daemon is stopping`));
+    await Promise.all(starting.map(([, s]) => s.done.catch(() => undefined)));
     clearInterval(this.#watchdog);
     await Promise.all([...this.#running.values()].map(async (q) => {
       if (q.state === 'Paused') await this.#crun.resume(q.id).catch(() => undefined);
