@@ -59,6 +59,21 @@ function lookupUser(name: string): Account | undefined {
   return undefined;
 }
 
+const SETPRIV = '/usr/bin/setpriv';
+
+/**
+ * How to run `/bin/sh -c COMMAND` as the account. Node's own uid/gid switch drops every
+ * supplementary group, so where the qube has setpriv (util-linux) it switches ids and sets the
+ * user's groups from /etc/group; root's commands run directly.
+ */
+function asUser(account: Account, command: string): [string, string[], { uid?: number; gid?: number }] {
+  if (account.uid === 0 && account.gid === 0) return ['/bin/sh', ['-c', command], {}];
+  if (fs.existsSync(SETPRIV)) {
+    return [SETPRIV, [`--reuid=${account.uid}`, `--regid=${account.gid}`, '--init-groups', '--', '/bin/sh', '-c', command], {}];
+  }
+  return ['/bin/sh', ['-c', command], { uid: account.uid, gid: account.gid }];
+}
+
 function sendChunked(sock: net.Socket, type: number, data: Buffer): boolean {
   let ok = true;
   for (let off = 0; off < data.length; off += MAX_DATA_CHUNK) {
@@ -97,7 +112,8 @@ function runCommand(port: number, cmdline: string, justExec: boolean): void {
   const env = { PATH, HOME: account.home, USER: userName, LOGNAME: userName, SHELL: account.shell, QREXEC_REMOTE_DOMAIN: 'dom0' };
   if (justExec) {
     // No I/O: start it on its own and report only whether it started.
-    const detached = spawn('/bin/sh', ['-c', command], { uid: account.uid, gid: account.gid, cwd, env, stdio: 'ignore', detached: true });
+    const [file, args, ids] = asUser(account, command);
+    const detached = spawn(file, args, { ...ids, cwd, env, stdio: 'ignore', detached: true });
     detached.once('spawn', () => {
       detached.unref();
       sock.write(encodeFrame(MSG_DATA_STDOUT));
@@ -107,7 +123,8 @@ function runCommand(port: number, cmdline: string, justExec: boolean): void {
     detached.once('error', (err) => { finishWithError(sock, `bulkhead-agent: cannot run the command: ${err.message}`, 127); });
     return;
   }
-  const child = spawn('/bin/sh', ['-c', command], { uid: account.uid, gid: account.gid, cwd, env, stdio: ['pipe', 'pipe', 'pipe'] });
+  const [file, args, ids] = asUser(account, command);
+  const child = spawn(file, args, { ...ids, cwd, env, stdio: ['pipe', 'pipe', 'pipe'] });
   children.add(child);
   let spawnFailed = false;
   child.on('error', (err) => {

@@ -42,6 +42,18 @@ describe('container qubes: lifecycle', () => {
     assert.match(bad.stderr, /no such user/);
   });
 
+  test('commands run with the user\'s supplementary groups and no capabilities', async () => {
+    const h = host();
+    await h.ok('qvm-start', ['--skip-if-running', 'work']);
+    const add = await h.root('work', 'echo "extra:x:2000:user" >> /etc/group && echo added');
+    assert.equal(add.stdout, 'added\n', add.stderr);
+    const r = await h.exec('work', 'id -Gn; grep -E "^(Uid|CapPrm|CapEff):" /proc/self/status');
+    assert.match(r.stdout, /^user extra\n/);
+    assert.match(r.stdout, /^Uid:\t1000\t1000\t1000\t1000$/m);
+    assert.match(r.stdout, /^CapPrm:\t0+$/m);
+    assert.match(r.stdout, /^CapEff:\t0+$/m);
+  });
+
   test('qvm-run --no-autostart on a halted qube fails and leaves it halted; default autostarts', async () => {
     const h = host();
     const r = await h.run('qvm-run', ['-p', '-n', 'other', 'true']);
