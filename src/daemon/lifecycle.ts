@@ -136,6 +136,11 @@ export class Lifecycle {
       this.#placement.set(q.uuid, backend);
       this.#runs.set(q.uuid, { stopped: false });
       await backend.start(this.#launchSpec(q), signal);
+      if (signal.aborted) {
+        // Killed just as the start finished: the kill wins.
+        await backend.kill(q.name).catch(() => undefined);
+        signal.throwIfAborted();
+      }
     } catch (err) {
       if (backend?.state(q.name) === 'Halted') this.#placement.delete(q.uuid);
       const reason = err instanceof QubesError ? err.message : (err as Error).message;

@@ -315,6 +315,8 @@ export class ContainerBackend implements HypervisorBackend {
       } finally {
         clearInterval(poll);
       }
+      // A kill that came just as the agent said HELLO still wins.
+      signal.throwIfAborted();
       q.state = 'Running';
       channel.onDisconnect(() => { this.#watchExit(q); });
       this.#log.info({ qube: spec.name, pid: q.pid }, 'qube running');
