@@ -22,6 +22,6 @@ export function appvmSpec(i: number): QubeLaunchSpec {
   return {
     name: `bench-${n}`, uuid: `00000000-0000-4000-8000-000000001${n}`, qid: 100 + i, klass: 'AppVM',
     rootTemplate: 'bench-template', rootTemplateUuid: TEMPLATE_UUID,
-    memoryMiB: 400, maxmemMiB: 4000, vcpus: 2, defaultUser: 'user', qrexecTimeoutSec: 30,
+    memoryMiB: 400, maxmemMiB: 4000, vcpus: 2, qrexecTimeoutSec: 30,
   };
 }

@@ -10,6 +10,7 @@ import os from 'node:os';
 import {
   encodeDataConnect,
   encodeExitCode,
+  encodeFinish,
   encodeFrame,
   encodeHello,
   FrameParser,
@@ -83,10 +84,7 @@ function sendChunked(sock: net.Socket, type: number, data: Buffer): boolean {
 }
 
 function finishWithError(sock: net.Socket, message: string, code: number): void {
-  sock.write(encodeFrame(MSG_DATA_STDOUT));
-  sock.write(encodeFrame(MSG_DATA_STDERR, Buffer.from(`${message}\n`)));
-  sock.write(encodeFrame(MSG_DATA_STDERR));
-  sock.end(encodeExitCode(code));
+  sock.end(encodeFinish(`${message}\n`, code));
 }
 
 const children = new Set<ChildProcess>();
@@ -116,9 +114,7 @@ function runCommand(port: number, cmdline: string, justExec: boolean): void {
     const detached = spawn(file, args, { ...ids, cwd, env, stdio: 'ignore', detached: true });
     detached.once('spawn', () => {
       detached.unref();
-      sock.write(encodeFrame(MSG_DATA_STDOUT));
-      sock.write(encodeFrame(MSG_DATA_STDERR));
-      sock.end(encodeExitCode(0));
+      sock.end(encodeFinish('', 0));
     });
     detached.once('error', (err) => { finishWithError(sock, `bulkhead-agent: cannot run the command: ${err.message}`, 127); });
     return;

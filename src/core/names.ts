@@ -38,3 +38,10 @@ export function isValidTag(untrusted: string): boolean {
 export function isValidFeatureValue(untrusted: string): boolean {
   return untrusted.length <= 4096 && /^[\x20-\x7e]*$/.test(untrusted);
 }
+
+const USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
+
+/** A user name inside a qube (`qvm-run -u`, `default_user`): what useradd accepts, no `:`. */
+export function isValidUserName(untrusted: string): boolean {
+  return USER_RE.test(untrusted);
+}

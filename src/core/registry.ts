@@ -479,7 +479,13 @@ export function validateIntegrity(s: RegistryState): void {
         // A disposable template stays one while disposables are based on it.
         throw propertyValueError(`'${t}' has disposables based on it (${q.name}); template_for_dispvms must stay True`);
       }
-      propDefFor(q.klass, 'template')?.check?.(q, s, t);
+    }
+    // Every explicit value passes its property's own check (ranges, choices, references): a
+    // value that came from the store file gets the same scrutiny as one set through the API.
+    for (const [prop, value] of q.props) {
+      const def = propDefFor(q.klass, prop);
+      if (!def) throw new QubesError('QubesException', `Unknown property '${prop}' of '${q.name}'`);
+      def.check?.(q, s, value);
     }
     const netvm = refValue(s, q, 'netvm');
     if (netvm !== null) {

@@ -8,17 +8,8 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { QubesError } from '../core/errors.js';
-import {
-  CLIENT_EXEC_AUTOSTART,
-  encodeExitCode,
-  encodeFrame,
-  FrameParser,
-  MSG_CLIENT_EXEC,
-  MSG_DATA_STDERR,
-  MSG_DATA_STDOUT,
-  MSG_JUST_EXEC_FLAG,
-  parseExecParams,
-} from '../protocol/qrexec.js';
+import { onFirstFrame } from '../hal/channel.js';
+import { CLIENT_EXEC_AUTOSTART, encodeFinish, MSG_CLIENT_EXEC, MSG_JUST_EXEC_FLAG, parseExecParams } from '../protocol/qrexec.js';
 import type { Lifecycle } from './lifecycle.js';
 import { listenWithUmask } from './unix-listen.js';
 
@@ -57,28 +48,15 @@ export class ExecServer {
     client.once('close', () => this.#sockets.delete(client));
     client.on('error', () => { /* reported through close */ });
     const timer = setTimeout(() => { client.destroy(); }, REQUEST_TIMEOUT_MS);
-    const parser = new FrameParser();
-    const onData = (untrustedChunk: Buffer): void => {
-      let frames;
-      try {
-        frames = parser.push(untrustedChunk);
-      } catch {
-        client.destroy();
-        return;
-      }
-      const first = frames[0];
-      if (first === undefined) return;
-      client.off('data', onData);
-      client.pause();
+    client.once('close', () => { clearTimeout(timer); });
+    onFirstFrame(client, (first, rest) => {
       clearTimeout(timer);
-      const rest = Buffer.concat([...frames.slice(1).map((f) => encodeFrame(f.type, f.payload)), parser.takeBuffered()]);
       if (first.type !== MSG_CLIENT_EXEC) {
         client.destroy();
         return;
       }
       void this.#run(client, first.payload, rest);
-    };
-    client.on('data', onData);
+    });
   }
 
   async #run(client: net.Socket, untrustedPayload: Buffer, rest: Buffer): Promise<void> {
@@ -91,16 +69,12 @@ export class ExecServer {
       const target = params.cmdline.slice(0, space);
       const user = params.cmdline.slice(space + 1, colon);
       const command = params.cmdline.slice(colon + 1);
-      if (user !== '' && !/^[a-z_][a-z0-9_-]{0,31}$/.test(user)) throw new QubesError('QubesValueError', `invalid user name: ${user}`);
       const flags = params.connectDomain;
       remote = await this.#lifecycle.exec(target, user === '' ? null : user, command, (flags & CLIENT_EXEC_AUTOSTART) !== 0, (flags & MSG_JUST_EXEC_FLAG) !== 0);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.#log.info({ reason: message }, 'exec refused');
-      client.write(encodeFrame(MSG_DATA_STDOUT));
-      client.write(encodeFrame(MSG_DATA_STDERR, Buffer.from(`${message}\n`)));
-      client.write(encodeFrame(MSG_DATA_STDERR));
-      client.end(encodeExitCode(EXEC_FAILED));
+      client.end(encodeFinish(`${message}\n`, EXEC_FAILED));
       return;
     }
     if (client.destroyed) {

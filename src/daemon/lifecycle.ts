@@ -4,6 +4,7 @@
 import type { Logger } from 'pino';
 import { PermissionDenied, QubesError, vmNotFound } from '../core/errors.js';
 import type { QubeRecord } from '../core/model.js';
+import { isValidUserName } from '../core/names.js';
 import { qubeValue, refValue, templateOf } from '../core/properties.js';
 import type { Registry } from '../core/registry.js';
 import crypto from 'node:crypto';
@@ -103,8 +104,6 @@ export class Lifecycle {
   async start(name: string): Promise<void> {
     const q = this.#registry.resolve(name);
     if (q.klass === 'AdminVM') return;
-    const inFlight = this.#starting.get(q.name);
-    if (inFlight) return inFlight.job;
     // A qube still being cleaned up after a stop is started once it is Halted.
     for (let i = 0; i < 200 && this.powerState(q.name) === 'Halting'; i++) await sleep(50);
     if (this.#starting.has(q.name)) return this.#starting.get(q.name)?.job;
@@ -160,7 +159,6 @@ export class Lifecycle {
     };
     // A disposable's template is an AppVM; its root comes from that AppVM's template.
     const root = this.#rootOf(q);
-    const user = qubeValue(s, q, 'default_user');
     return {
       name: q.name,
       uuid: q.uuid,
@@ -171,7 +169,6 @@ export class Lifecycle {
       memoryMiB: num('memory', 400),
       maxmemMiB: num('maxmem', 4000),
       vcpus: num('vcpus', 2),
-      defaultUser: typeof user === 'string' ? user : 'user',
       qrexecTimeoutSec: num('qrexec_timeout', 60),
     };
   }
@@ -299,7 +296,7 @@ export class Lifecycle {
     const backend = this.#placed(q);
     if (!backend) throw new QubesError('QubesVMNotStartedError', `Domain is powered off: '${q.name}'`);
     const who = user ?? qubeValue(this.#registry.state, q, 'default_user');
-    if (typeof who !== 'string' || !/^[a-z_][a-z0-9_-]{0,31}$/.test(who)) {
+    if (typeof who !== 'string' || !isValidUserName(who)) {
       throw new QubesError('QubesValueError', `Not a valid user name for '${q.name}': ${String(who)}`);
     }
     return backend.exec(q.name, `${who}:${command}`, justExec);

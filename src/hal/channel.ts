@@ -22,6 +22,7 @@ import {
   parseDataConnect,
   parseHello,
   QREXEC_PROTOCOL_VERSION,
+  type Frame,
 } from '../protocol/qrexec.js';
 
 /** A connection must send its first frame within this time. */
@@ -32,6 +33,34 @@ const MAX_UNIDENTIFIED = 16;
 const MAX_PENDING_EXEC = 256;
 /** How long the agent has to open the data connection of a command. */
 const EXEC_CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * Reads the first frame of a connection (untrusted, length-checked), then stops reading and hands
+ * it over with every byte that came after it, the socket paused: the receiver may switch to a
+ * plain byte relay. A framing error, or a peer that hangs up first, destroys the socket.
+ */
+export function onFirstFrame(sock: net.Socket, handle: (first: Frame, rest: Buffer) => void): void {
+  const parser = new FrameParser();
+  const onData = (untrustedChunk: Buffer): void => {
+    let frames;
+    try {
+      frames = parser.push(untrustedChunk);
+    } catch {
+      sock.destroy();
+      return;
+    }
+    const first = frames[0];
+    if (first === undefined) return;
+    sock.off('data', onData);
+    sock.off('end', onEnd);
+    sock.pause();
+    const rest = Buffer.concat([...frames.slice(1).map((f) => encodeFrame(f.type, f.payload)), parser.takeBuffered()]);
+    handle(first, rest);
+  };
+  const onEnd = (): void => { sock.destroy(); };
+  sock.on('data', onData);
+  sock.once('end', onEnd);
+}
 
 export class ChannelError extends Error {
   override readonly name = 'ChannelError';
@@ -47,7 +76,6 @@ export class QubeChannel {
   readonly #server: net.Server;
   readonly #path: string;
   #control: net.Socket | undefined;
-  #version = 0;
   #unidentified = 0;
   #nextPort = 1;
   readonly #pending = new Map<number, PendingExec>();
@@ -85,10 +113,6 @@ export class QubeChannel {
     return this.#control !== undefined && !this.#control.destroyed;
   }
 
-  get version(): number {
-    return this.#version;
-  }
-
   #accept(sock: net.Socket): void {
     if (this.#closed || this.#unidentified >= MAX_UNIDENTIFIED) {
       sock.destroy();
@@ -97,7 +121,6 @@ export class QubeChannel {
     this.#unidentified++;
     this.#sockets.add(sock);
     sock.once('close', () => this.#sockets.delete(sock));
-    const parser = new FrameParser();
     let identified = false;
     const timer = setTimeout(() => { sock.destroy(); }, IDENTIFY_TIMEOUT_MS);
     const done = (): void => {
@@ -108,47 +131,31 @@ export class QubeChannel {
     };
     sock.on('error', () => { /* reported through close */ });
     sock.once('close', done);
-    // A peer that hangs up before identifying itself gets no half-open connection.
-    sock.once('end', () => { if (!identified) sock.destroy(); });
-    const onData = (untrustedChunk: Buffer): void => {
-      let frames;
-      try {
-        frames = parser.push(untrustedChunk);
-      } catch {
-        sock.destroy();
-        return;
-      }
-      const first = frames[0];
-      if (first === undefined) return;
-      sock.off('data', onData);
-      sock.pause();
+    onFirstFrame(sock, (first, rest) => {
       done();
-      const rest = frames.slice(1).map((f) => encodeFrame(f.type, f.payload));
-      const leftover = parser.takeBuffered();
       try {
         if (first.type === MSG_HELLO) {
-          this.#onControl(sock, parseHello(first.payload), rest, leftover);
+          parseHello(first.payload);
+          this.#onControl(sock, rest);
         } else if (first.type === MSG_DATA_CONNECT) {
-          this.#onData(sock, parseDataConnect(first.payload), Buffer.concat([...rest, leftover]));
+          this.#onData(sock, parseDataConnect(first.payload), rest);
         } else {
           sock.destroy();
         }
       } catch {
         sock.destroy();
       }
-    };
-    sock.on('data', onData);
+    });
   }
 
-  #onControl(sock: net.Socket, untrustedVersion: number, rest: Buffer[], leftover: Buffer): void {
-    if (this.#control !== undefined || this.#hadControl || rest.length > 0 || leftover.length > 0) {
+  #onControl(sock: net.Socket, rest: Buffer): void {
+    if (this.#control !== undefined || this.#hadControl || rest.length > 0) {
       // One control connection per qube start; nothing may follow HELLO before our reply.
       sock.destroy();
       return;
     }
     this.#control = sock;
     this.#hadControl = true;
-    this.#version = Math.min(QREXEC_PROTOCOL_VERSION, untrustedVersion >>> 0);
     sock.write(encodeHello(QREXEC_PROTOCOL_VERSION));
     // The agent sends nothing else on the control connection yet (service triggers come with
     // the qrexec router); anything beyond the cap closes it.

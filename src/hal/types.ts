@@ -34,7 +34,6 @@ export interface QubeLaunchSpec {
   readonly memoryMiB: number;
   readonly maxmemMiB: number;
   readonly vcpus: number;
-  readonly defaultUser: string;
   /** How long to wait for the agent's HELLO before the start counts as failed. */
   readonly qrexecTimeoutSec: number;
 }

@@ -188,6 +188,21 @@ export function parseExecParams(untrustedPayload: Buffer): ExecParams {
 }
 
 /** The whole DATA_EXIT_CODE frame. `code` is an int32 (Qubes treats it as a C int). */
+/**
+ * The end of a command that produced no output of its own: stdout EOF, `stderrText` (if any)
+ * and stderr EOF, then the exit code. How both the agent and the daemon report a command that
+ * could not run.
+ */
+export function encodeFinish(stderrText: string, code: number): Buffer {
+  const text = Buffer.from(stderrText);
+  return Buffer.concat([
+    encodeFrame(MSG_DATA_STDOUT),
+    ...(text.length > 0 ? [encodeFrame(MSG_DATA_STDERR, text.subarray(0, MAX_DATA_CHUNK))] : []),
+    encodeFrame(MSG_DATA_STDERR),
+    encodeExitCode(code),
+  ]);
+}
+
 export function encodeExitCode(code: number): Buffer {
   if (!Number.isInteger(code) || code < -0x80000000 || code > 0x7fffffff) {
     throw new RangeError(`exit code must be an int32, got ${code}`);

@@ -18,7 +18,7 @@ const TEMPLATE = '00000000-0000-4000-8000-0000000000aa';
 const spec = (name: string, n: number, timeoutSec = 30): QubeLaunchSpec => ({
   name, uuid: `00000000-0000-4000-8000-0000000001${String(n).padStart(2, '0')}`, qid: 50 + n, klass: 'AppVM',
   rootTemplate: 'tpl', rootTemplateUuid: TEMPLATE, memoryMiB: 400, maxmemMiB: 1000, vcpus: 1,
-  defaultUser: 'user', qrexecTimeoutSec: timeoutSec,
+  qrexecTimeoutSec: timeoutSec,
 });
 
 describe('container backend: starts that never finish', () => {

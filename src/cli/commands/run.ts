@@ -1,6 +1,7 @@
 // qvm-run: runs a command in a qube through its agent. This is the basic form: -p/--pass-io,
 // -u/--user, -a/--autostart (default) and -n/--no-autostart, escape-character filtering on
 // terminals. Services, policy and the rest of Qubes' flags come with the qrexec router.
+import { isValidUserName } from '../../core/names.js';
 import { execSocketPath } from '../../daemon/exec-server.js';
 import { socketFromEnv } from '../client.js';
 import { UsageError, printHelp, requireDomains, runCommand, parse, type Command } from '../common.js';
@@ -73,7 +74,7 @@ export const qvmRun: Command = {
       if (cmd === undefined || cmd === '') throw new UsageError('the following arguments are required: COMMAND');
       if (a.flag('autostart') && a.flag('no-autostart')) throw new UsageError('--autostart and --no-autostart exclude each other');
       const user = a.str('user');
-      if (user !== undefined && !/^[a-z_][a-z0-9_-]{0,31}$/.test(user)) throw new UsageError(`invalid user name: '${user}'`);
+      if (user !== undefined && !isValidUserName(user)) throw new UsageError(`invalid user name: '${user}'`);
       await requireDomains(a.client, [vm]);
       const passIo = a.flag('pass-io');
       const command = [cmd, ...args.map(shellQuote)].join(' ');

@@ -296,12 +296,9 @@ export class ContainerBackend implements HypervisorBackend {
     this.#running.set(spec.name, q);
     try {
       signal.throwIfAborted();
-      await this.#crun.runDetached(id, paths.run, paths.console);
+      q.pid = await this.#crun.runDetached(id, paths.run, paths.console);
       signal.throwIfAborted();
-      const st = await this.#crun.state(id);
-      if (st === undefined) throw new Error(`the qube exited at once: ${lastLines(paths.console)}`);
-      q.pid = st.pid;
-      q.pidStart = procStat(st.pid)?.start ?? '';
+      q.pidStart = procStat(q.pid)?.start ?? '';
       // The agent's HELLO, unless the qube dies first (broken template, missing libraries).
       let poll: NodeJS.Timeout | undefined;
       const died = new Promise<never>((_resolve, reject) => {

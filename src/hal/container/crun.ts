@@ -4,6 +4,7 @@
 // by the container would keep the call from ever finishing.
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import type { CgroupMode } from './cgroups.js';
 
 export class CrunError extends Error {
@@ -26,10 +27,6 @@ export class Crun {
   constructor(mode: CgroupMode, binary = 'crun') {
     this.#mode = mode;
     this.#binary = binary;
-  }
-
-  get cgroupsUsable(): boolean {
-    return this.#mode !== 'none';
   }
 
   /** The command line that runs `crun ARGS` on this host's cgroup layout. */
@@ -55,13 +52,18 @@ export class Crun {
     });
   }
 
-  /** `crun run -d`: creates and starts the container; its stdio goes to `logFile`. */
-  async runDetached(id: string, bundle: string, logFile: string): Promise<void> {
+  /**
+   * `crun run -d`: creates and starts the container; its stdio goes to `logFile`. Resolves with
+   * the host pid of the container's init (from crun's pid file: no extra `crun state` call).
+   */
+  async runDetached(id: string, bundle: string, logFile: string): Promise<number> {
     // O_APPEND: once the daemon truncates an overlong log, the qube's writes start over at 0.
     fs.rmSync(logFile, { force: true });
     const fd = fs.openSync(logFile, 'a', 0o600);
     try {
-      const [cmd, argv] = this.commandFor(['run', '-d', '--bundle', bundle, id]);
+      const pidFile = path.join(bundle, 'init.pid');
+      fs.rmSync(pidFile, { force: true });
+      const [cmd, argv] = this.commandFor(['run', '-d', '--pid-file', pidFile, '--bundle', bundle, id]);
       const code = await new Promise<number>((resolve, reject) => {
         const child = spawn(cmd, argv, { stdio: ['ignore', fd, fd] });
         child.once('error', reject);
@@ -70,6 +72,9 @@ export class Crun {
       if (code !== 0) {
         throw new CrunError(lastLines(logFile) || `crun exited with ${code}`);
       }
+      const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+      if (!Number.isInteger(pid) || pid <= 0) throw new CrunError(`crun wrote no valid pid for ${id}`);
+      return pid;
     } finally {
       fs.closeSync(fd);
     }

@@ -8,7 +8,7 @@ import { DENIED_SYSCALLS, seccompProfile } from './seccomp.js';
 const spec: QubeLaunchSpec = {
   name: 'work', uuid: '0f0e0d0c-0b0a-4908-8706-050403020100', qid: 3, klass: 'AppVM',
   rootTemplate: 'tpl', rootTemplateUuid: '11111111-2222-4333-8444-555555555555',
-  memoryMiB: 400, maxmemMiB: 1000, vcpus: 2, defaultUser: 'user', qrexecTimeoutSec: 60,
+  memoryMiB: 400, maxmemMiB: 1000, vcpus: 2, qrexecTimeoutSec: 60,
 };
 
 function inputs(over: Partial<OciInputs> = {}): OciInputs {

@@ -172,8 +172,6 @@ export function buildOciConfig(i: OciInputs): OciConfig {
       env: [
         'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
         'HOME=/root',
-        `BULKHEAD_QUBE=${i.spec.name}`,
-        `BULKHEAD_DEFAULT_USER=${i.spec.defaultUser}`,
       ],
       cwd: '/',
       noNewPrivileges: true,

@@ -105,7 +105,7 @@ export async function buildDebianRoot(dir: string, cacheDir: string, progress: (
       });
       fs.rmSync(path.join(stage, 'var/cache/apt/archives'), { recursive: true, force: true });
       fs.mkdirSync(path.join(stage, 'var/cache/apt/archives/partial'), { recursive: true });
-      await configureDebianRoot(stage);
+      configureDebianRoot(stage);
       const partial = `${tarball}.partial`;
       await run('tar', ['--numeric-owner', '--xattrs', '-C', stage, '-cf', partial, '.']);
       fs.renameSync(partial, tarball);
@@ -125,7 +125,7 @@ export async function buildDebianRoot(dir: string, cacheDir: string, progress: (
 }
 
 /** What every qube's root needs: the default user, an empty resolv.conf. */
-async function configureDebianRoot(root: string): Promise<void> {
+function configureDebianRoot(root: string): void {
   const passwd = fs.readFileSync(path.join(root, 'etc/passwd'), 'utf8');
   if (!/^user:/m.test(passwd)) {
     fs.appendFileSync(path.join(root, 'etc/passwd'), 'user:x:1000:1000:user:/home/user:/bin/bash\n');
@@ -133,5 +133,4 @@ async function configureDebianRoot(root: string): Promise<void> {
     fs.appendFileSync(path.join(root, 'etc/shadow'), 'user:*:19000:0:99999:7:::\n');
   }
   fs.writeFileSync(path.join(root, 'etc/hostname'), 'localhost\n');
-  await Promise.resolve();
 }

@@ -16,7 +16,7 @@ const run = promisify(execFile);
 export interface RootMeta {
   /** The root volume has no /usr of its own; the host's /usr is bound read-only. */
   readonly hostUsr: boolean;
-  /** Where the root came from (`debian-bookworm`, `host`, …), for `qvm-volume info`. */
+  /** Where the root came from (`debian-bookworm`, `host`, …), recorded with the volume. */
   readonly source: string;
 }
 
@@ -44,8 +44,8 @@ export function checkRootVolume(p: QubePaths, owner: string): RootMeta {
   return meta;
 }
 
-/** Creates the private volume if missing: /home/user owned by uid/gid 1000 (0-based ids). */
 /**
+ * Creates the private volume if missing: /home/user owned by uid/gid 1000 (0-based ids).
  * Everything inside a private volume is written by its qube: the admin domain never follows a
  * link in it and never writes into it, except to create /home/user in a volume that has no
  * `home` entry at all (lstat: a planted symlink counts as present and is left alone).
@@ -95,19 +95,10 @@ export async function usageBytes(dir: string): Promise<number> {
 export async function importRoot(dataDir: string, uuid: string, srcDir: string, meta: RootMeta): Promise<void> {
   const p = qubePaths(dataDir, uuid);
   fs.mkdirSync(p.dir, { recursive: true, mode: 0o700 });
-  const old = `${p.root}.old`;
-  fs.rmSync(old, { recursive: true, force: true });
-  const staged = `${p.root}.new`;
-  fs.rmSync(staged, { recursive: true, force: true });
-  await copyTree(srcDir, staged);
-  // The volume's own top folder is never shown to a qube; keep it closed to host users.
-  fs.chmodSync(staged, 0o700);
-  if (fs.existsSync(p.root)) fs.renameSync(p.root, old);
-  fs.renameSync(staged, p.root);
+  await replaceTree(srcDir, p.root);
   const metaTmp = `${p.rootMeta}.tmp`;
   fs.writeFileSync(metaTmp, JSON.stringify(meta), { mode: 0o600 });
   fs.renameSync(metaTmp, p.rootMeta);
-  fs.rmSync(old, { recursive: true, force: true });
 }
 
 export function removeVolumes(dataDir: string, uuid: string): void {
@@ -144,10 +135,12 @@ export class ContainerVolumes implements VolumeManager {
           const usage = await usageBytes(p.root);
           return { ...base, size: usage, usage, source: null, path: p.root, save_on_stop: true, snap_on_start: false };
         }
+        // A snapshot of the template's root: its usage is what the qube changed (the upper
+        // layer); the template's own size is asked of the template (no du of it per AppVM).
         const t = o.rootTemplateUuid === null ? undefined : qubePaths(this.#dataDir, o.rootTemplateUuid);
         const usage = await usageBytes(path.join(p.volatile, 'upper'));
         return {
-          ...base, size: t === undefined ? usage : await usageBytes(t.root), usage,
+          ...base, size: usage, usage,
           source: o.rootTemplateUuid === null ? null : `${o.rootTemplateUuid}/root`,
           path: t?.root ?? '', save_on_stop: false, snap_on_start: true,
         };
