@@ -208,11 +208,13 @@ describe('Admin API wire format (golden bytes)', () => {
     const methods = [...METHODS.keys()].filter((m) => m !== 'admin.Events');
     const token = fc.constantFrom('', 'work', 'dom0', 'vault', 'debian-12', 'ghost', 'memory', 'netvm', 'label', 'name', 'x', 'uuid:00000000-0000-0000-0000-000000000000');
     const payload = fc.oneof(fc.constant(''), fc.string({ maxLength: 40 }), fc.constantFrom('name=f1 label=red', 'name=work label=red', 'True', 'none', '800', 'sys', 'name= label='));
+    let answered = 0;
     await fc.assert(
       fc.asyncProperty(fc.constantFrom(...methods), token, token, payload, async (method, arg, dest, body) => {
         const reply = await raw(h.socket, `${method}+${arg} dom0 name ${dest === '' ? 'dom0' : dest}\0${body}`);
         // A reply is OK, an exception with the trailing NUL, or nothing (connection closed).
         if (reply.length > 0) {
+          answered++;
           assert.ok(reply[0] === 0x30 || reply[0] === 0x32, reply.toString());
           assert.equal(reply[1], 0);
           if (reply[0] === 0x32) assert.equal(reply[reply.length - 1], 0);
@@ -220,6 +222,8 @@ describe('Admin API wire format (golden bytes)', () => {
       }),
       { numRuns: 300 },
     );
+    // The reply checks above ran (not every request was closed without a reply).
+    assert.ok(answered > 0);
     // Still serving, and the registry still passes its own integrity check (it would not load otherwise).
     assert.deepEqual(await raw(h.socket, req('admin.label.Index', 'dom0', '', 'black')), ok('8'));
     assert.doesNotThrow(() => new Registry(h.daemon.registry.state, () => undefined));

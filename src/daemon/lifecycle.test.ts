@@ -1,13 +1,13 @@
 // Lifecycle ordering with the HAL faked: starts waiting on their netvm, kills during starts.
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { describe, test, type TestContext } from 'node:test';
 import { emptyState } from '../core/model.js';
 import { Registry, type RegistryEvent } from '../core/registry.js';
 import { FakeBackend } from '../hal/fake.js';
 import { Lifecycle } from './lifecycle.js';
 import { silentLogger } from './log.js';
 
-function setup(slow: string[]): { registry: Registry; lifecycle: Lifecycle; fake: FakeBackend; events: RegistryEvent[] } {
+function setup(t: TestContext, slow: string[]): { registry: Registry; lifecycle: Lifecycle; fake: FakeBackend; events: RegistryEvent[] } {
   const registry = new Registry(emptyState(), () => undefined);
   registry.create({ klass: 'TemplateVM', name: 'tpl', label: 'black', source: 'dom0' });
   registry.create({ klass: 'AppVM', name: 'net', label: 'red', template: 'tpl', source: 'dom0' });
@@ -18,12 +18,13 @@ function setup(slow: string[]): { registry: Registry; lifecycle: Lifecycle; fake
   const lifecycle = new Lifecycle(registry, new Map([['container', fake]]), silentLogger());
   const events: RegistryEvent[] = [];
   registry.subscribe((e) => { events.push(e); });
+  t.after(() => lifecycle.close());
   return { registry, lifecycle, fake, events };
 }
 
 describe('lifecycle', () => {
-  test('a qube waiting for its netvm is Transient, and a kill aborts both starts', async () => {
-    const { lifecycle, fake, events } = setup(['net']);
+  test('a qube waiting for its netvm is Transient, and a kill aborts both starts', async (t) => {
+    const { lifecycle, fake, events } = setup(t, ['net']);
     const start = lifecycle.start('work');
     start.catch(() => undefined);
     await new Promise((r) => setImmediate(r));
@@ -39,8 +40,8 @@ describe('lifecycle', () => {
     await lifecycle.close();
   });
 
-  test('close() aborts starts in progress and waits for them', async () => {
-    const { lifecycle } = setup(['work']);
+  test('close() aborts starts in progress and waits for them', async (t) => {
+    const { lifecycle } = setup(t, ['work']);
     const start = lifecycle.start('work');
     start.catch(() => undefined);
     await new Promise((r) => setImmediate(r));
@@ -50,8 +51,8 @@ describe('lifecycle', () => {
     assert.equal(lifecycle.powerState('work'), 'Halted');
   });
 
-  test('domain-stopped and domain-shutdown come once per run, whoever stops the qube', async () => {
-    const { lifecycle, events } = setup([]);
+  test('domain-stopped and domain-shutdown come once per run, whoever stops the qube', async (t) => {
+    const { lifecycle, events } = setup(t, []);
     await lifecycle.start('work');
     await Promise.all([lifecycle.kill('work'), lifecycle.kill('work').catch(() => undefined)]);
     const stops = events.filter((e) => e.subject === 'work' && (e.event === 'domain-stopped' || e.event === 'domain-shutdown'));

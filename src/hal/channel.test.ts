@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after, describe, test, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import {
   encodeDataConnect,
@@ -27,9 +27,10 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bh-channel-'));
 after(() => { fs.rmSync(dir, { recursive: true, force: true }); });
 let n = 0;
 
-async function channel(): Promise<{ ch: QubeChannel; sock: string }> {
+async function channel(t: TestContext): Promise<{ ch: QubeChannel; sock: string }> {
   const sock = path.join(dir, `c${n++}.sock`);
   const ch = await QubeChannel.listen(sock, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
+  t.after(() => ch.close());
   return { ch, sock };
 }
 
@@ -65,8 +66,8 @@ function closed(s: net.Socket): Promise<void> {
 }
 
 describe('qube channel', () => {
-  test('socket is 0600; HELLO is answered with version 3 and marks the channel connected', async () => {
-    const { ch, sock } = await channel();
+  test('socket is 0600; HELLO is answered with version 3 and marks the channel connected', async (t) => {
+    const { ch, sock } = await channel(t);
     assert.equal(fs.statSync(sock).mode & 0o777, 0o600);
     const hello = ch.waitHello(2000);
     const a = await connect(sock);
@@ -81,8 +82,8 @@ describe('qube channel', () => {
     assert.equal(fs.existsSync(sock), false);
   });
 
-  test('exec: EXEC_CMDLINE with a port, the data connection is matched by DATA_CONNECT', async () => {
-    const { ch, sock } = await channel();
+  test('exec: EXEC_CMDLINE with a port, the data connection is matched by DATA_CONNECT', async (t) => {
+    const { ch, sock } = await channel(t);
     const a = await connect(sock);
     a.s.write(encodeHello(3));
     await ch.waitHello(2000);
@@ -111,8 +112,8 @@ describe('qube channel', () => {
     await ch.close();
   });
 
-  test('a second HELLO, an unknown port, or garbage closes that connection and nothing else', async () => {
-    const { ch, sock } = await channel();
+  test('a second HELLO, an unknown port, or garbage closes that connection and nothing else', async (t) => {
+    const { ch, sock } = await channel(t);
     const a = await connect(sock);
     a.s.write(encodeHello(3));
     await ch.waitHello(2000);
@@ -136,8 +137,8 @@ describe('qube channel', () => {
     await ch.close();
   });
 
-  test('waitHello times out when nobody connects; the agent hanging up is reported', async () => {
-    const { ch, sock } = await channel();
+  test('waitHello times out when nobody connects; the agent hanging up is reported', async (t) => {
+    const { ch, sock } = await channel(t);
     await assert.rejects(ch.waitHello(50), /did not connect/);
     // An abort that came before the wait began still counts.
     const ac = new AbortController();

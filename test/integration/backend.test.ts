@@ -12,7 +12,7 @@ import { containerId, qubePaths } from '../../src/hal/container/paths.js';
 import { buildHostRoot } from '../../src/hal/container/templates.js';
 import { importRoot } from '../../src/hal/container/volumes.js';
 import type { QubeLaunchSpec } from '../../src/hal/types.js';
-import { makeTempDir, reapContainers, removeTempDir, REPO_ROOT } from './helpers.js';
+import { makeTempDir, reapContainers, removeTempDir, REPO_ROOT, waitFor } from './helpers.js';
 
 const TEMPLATE = '00000000-0000-4000-8000-0000000000aa';
 const spec = (name: string, n: number, timeoutSec = 30): QubeLaunchSpec => ({
@@ -41,7 +41,7 @@ describe('container backend: starts that never finish', () => {
 
   after(async () => {
     await backend?.close();
-    await reapContainers(dir);
+    await reapContainers(dir).catch(() => undefined);
     removeTempDir(dir);
   });
 
@@ -63,7 +63,7 @@ describe('container backend: starts that never finish', () => {
     const starting = backend!.start(s);
     starting.catch(() => undefined);
     // Wait until the container exists (the start is waiting for HELLO).
-    for (let i = 0; i < 100 && (await crun.state(containerId(s.uuid))) === undefined; i++) await new Promise((r) => setTimeout(r, 20));
+    await waitFor(async () => (await crun.state(containerId(s.uuid))) !== undefined, 5000, 'the container');
     assert.equal(backend!.state(s.name), 'Transient');
     const t0 = Date.now();
     await backend!.kill(s.name);
@@ -72,16 +72,17 @@ describe('container backend: starts that never finish', () => {
     await assertGone(s);
   });
 
-  test('closing the backend during a start aborts it: nothing keeps running', async () => {
+  test('closing the backend during a start aborts it: nothing keeps running', async (t) => {
     const data = path.join(dir, 'data2');
     const second = await ContainerBackend.create({
       dataDir: data, log: silentLogger(), agentBundle: path.join(REPO_ROOT, 'dist', 'agent-bundle'), nodeBinary: path.join(dir, 'silent-agent'),
     });
+    t.after(() => second.close());
     await importRoot(data, TEMPLATE, path.join(dir, 'stage'), { hostUsr: true, source: 'host' });
     const s = spec('closing', 3, 60);
     const starting = second.start(s);
     starting.catch(() => undefined);
-    for (let i = 0; i < 100 && (await crun.state(containerId(s.uuid))) === undefined; i++) await new Promise((r) => setTimeout(r, 20));
+    await waitFor(async () => (await crun.state(containerId(s.uuid))) !== undefined, 5000, 'the container');
     await second.close();
     await assert.rejects(starting, /daemon is stopping/);
     assert.equal(await crun.state(containerId(s.uuid)), undefined);

@@ -652,6 +652,11 @@ void describe('without a daemon', () => {
 void describe('output into a closed pipe', () => {
   it('a command whose reader went away (qvm-ls | head) ends quietly with exit 0', async () => {
     const { spawn } = await import('node:child_process');
+    // Control: the same command with a reader writes its usage to stdout.
+    const control = await runCli('bulkhead', ['--help']);
+    assert.equal(control.code, 0);
+    assert.match(control.stdout, /^usage: bulkhead/);
+    assert.equal(control.stderr, '');
     const child = spawn(process.execPath, [path.join(BIN_DIR, 'bulkhead'), '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
     // Close our end before the command writes: its write fails with EPIPE.
     child.stdout.destroy();

@@ -13,15 +13,14 @@ import { AdminClient } from '../../src/cli/client.js';
 import { detectCgroupMode } from '../../src/hal/container/cgroups.js';
 import { Crun } from '../../src/hal/container/crun.js';
 
-/** Removes every crun container whose bundle lies under `dir` (qubes of a test's daemon). */
+/**
+ * Removes every crun container whose bundle lies under `dir` (qubes of a test's daemon) and
+ * returns their ids. Throws when crun cannot list containers, so an assertion that nothing was
+ * left cannot pass because crun failed.
+ */
 export async function reapContainers(dir: string): Promise<string[]> {
   const crun = new Crun(detectCgroupMode());
-  let all;
-  try {
-    all = await crun.list();
-  } catch {
-    return [];
-  }
+  const all = await crun.list();
   const reaped: string[] = [];
   for (const c of all) {
     if (c.bundle.startsWith(`${dir}/`)) {
@@ -392,7 +391,7 @@ export class Daemon {
       return this.#proc ? await signalAndWait(this.#proc, signal) : undefined;
     } finally {
       // A daemon that died hard leaves its qubes running: never leak them past the test.
-      await reapContainers(this.tmpDir);
+      await reapContainers(this.tmpDir).catch(() => undefined);
       removeTempDir(this.tmpDir);
     }
   }
@@ -429,6 +428,15 @@ export function suiteDaemon(opts: Omit<StartOptions, 't'> = {}): () => Daemon {
     if (!daemon) throw new Error('suite daemon not started');
     return daemon;
   };
+}
+
+/** Polls `check` until it returns true; fails with `what` after `timeoutMs`. */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
 }
 
 // ---------- output helpers ----------

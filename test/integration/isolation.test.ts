@@ -93,9 +93,21 @@ function prelude(vars: Readonly<Record<string, unknown>>): string {
     def search(needle):
         # Every file of this filesystem view holding needle, except /proc, /sys and /usr (the
         # host's /usr, read-only); top-level symlinks are skipped so grep never follows them.
-        tops = ['/' + d for d in sorted(os.listdir('/')) if d not in ('proc', 'sys', 'usr') and not os.path.islink('/' + d)]
-        r = subprocess.run(['grep', '-rlsF', '-f', '-', '--'] + tops, input=needle.encode(), capture_output=True)
-        return sorted(l for l in r.stdout.decode().split('\n') if l)
+        # A control file with a marker proves the search itself works (an empty answer means
+        # "not found", never "grep failed").
+        control = '/tmp/.search-control'
+        marker = needle[::-1] + '-control'
+        with open(control, 'w') as f:
+            f.write(marker + '\n')
+        try:
+            tops = ['/' + d for d in sorted(os.listdir('/')) if d not in ('proc', 'sys', 'usr') and not os.path.islink('/' + d)]
+            r = subprocess.run(['grep', '-rlsF', '-e', needle, '-e', marker, '--'] + tops, capture_output=True)
+            hits = [l for l in r.stdout.decode().split('\n') if l]
+        finally:
+            os.unlink(control)
+        if control not in hits:
+            raise RuntimeError('the search cannot find its own control file')
+        return sorted(h for h in hits if h != control)
   `);
 }
 
@@ -1273,11 +1285,12 @@ out('acct', sc('acct', b'/var/tmp/no-such-file'))`);
       out('nice', attempt(os.setpriority, os.PRIO_PROCESS, 0, -5))
       out('fifo', attempt(os.sched_setscheduler, 0, os.SCHED_FIFO, os.sched_param(1)))
       soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+      out('rlimit-room', hard < int(open('/proc/sys/fs/nr_open').read()))
       try:
           resource.setrlimit(resource.RLIMIT_NOFILE, (hard + 1, hard + 1))
           out('rlimit', 'OK')
-      except ValueError:
-          out('rlimit', 'EPERM')
+      except ValueError as e:
+          out('rlimit', 'EPERM' if 'not allowed to raise' in str(e) else 'ValueError: ' + str(e))
       except OSError as e:
           out('rlimit', ename(e.errno))
     `);
@@ -1288,6 +1301,7 @@ out('acct', sc('acct', b'/var/tmp/no-such-file'))`);
     assert.equal(get(kv, 'oom'), '600');
     assert.equal(get(kv, 'nice'), 'EACCES');
     assert.equal(get(kv, 'fifo'), 'EPERM');
+    assert.equal(get(kv, 'rlimit-room'), 'True', 'hard + 1 stays within fs.nr_open: only the missing capability can refuse it');
     assert.equal(get(kv, 'rlimit'), 'EPERM');
   });
 

@@ -4,8 +4,8 @@
 // containers of a daemon that died hard are reaped by Daemon.stop).
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { after, before } from 'node:test';
-import { Daemon, startDaemon, type RunResult } from './helpers.js';
+import { after, before, type TestContext } from 'node:test';
+import { Daemon, startDaemon, waitFor, type RunResult } from './helpers.js';
 
 export interface QubeRunOptions {
   readonly user?: string;
@@ -52,14 +52,29 @@ export class QubeHost {
   }
 
   async waitState(vm: string, want: string, timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
     let last = '';
-    while (Date.now() < deadline) {
-      last = await this.state(vm);
-      if (last === want) return;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    assert.fail(`${vm} is ${last}, not ${want}, after ${timeoutMs} ms`);
+    await waitFor(async () => (last = await this.state(vm)) === want, timeoutMs, `${vm} to be ${want} (it is ${last})`);
+  }
+
+  /**
+   * Collects the event names of `vm` from admin.Events, once the stream is established (no
+   * event of the test can be missed); the stream ends with the test even when it fails.
+   */
+  async events(t: TestContext, vm: string): Promise<{ readonly names: string[]; stop: () => Promise<void> }> {
+    const names: string[] = [];
+    const ac = new AbortController();
+    let established = false;
+    const stream = this.daemon.client().events(vm, (e) => {
+      if (e.event === 'connection-established') established = true;
+      else names.push(e.event);
+    }, ac.signal);
+    const stop = async (): Promise<void> => {
+      ac.abort();
+      await stream;
+    };
+    t.after(stop);
+    await waitFor(() => established, 5000, 'the event stream');
+    return { names, stop };
   }
 }
 

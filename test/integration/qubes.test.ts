@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { after, describe, test } from 'node:test';
-import { Daemon, reapContainers } from './helpers.js';
+import { Daemon, reapContainers, waitFor } from './helpers.js';
 import { QubeHost, suiteQubes } from './qube-helpers.js';
 
 describe('container qubes: lifecycle', () => {
@@ -104,60 +104,53 @@ describe('container qubes: lifecycle', () => {
     assert.equal((await h.exec('work', 'cat /etc/tpl-marker')).stdout, 'from-template\n');
   });
 
-  test('a qube that dies on its own is noticed: Halted, with a domain-shutdown event', async () => {
+  test('a qube that dies on its own is noticed: Halted, with a domain-shutdown event', async (t) => {
     const h = host();
     await h.ok('qvm-start', ['--skip-if-running', 'work']);
-    const events: string[] = [];
-    const ac = new AbortController();
-    const stream = h.daemon.client().events('work', (e) => { events.push(e.event); }, ac.signal);
+    const { names: events, stop } = await h.events(t, 'work');
     // The agent is PID 2 under tini; killing it ends the qube.
     await h.root('work', 'kill -9 2');
     await h.waitState('work', 'Halted', 5000);
-    ac.abort();
-    await stream;
+    await stop();
     assert.ok(events.includes('domain-shutdown'), events.join(','));
     assert.deepEqual(await reapContainers(h.daemon.dataDir), []);
   });
 
-  test('a kill during a slow graceful shutdown ends it at once, with one domain-shutdown', async () => {
+  test('a kill during a slow graceful shutdown ends it at once, with one domain-shutdown', async (t) => {
     const h = host();
     await h.ok('qvm-start', ['--skip-if-running', 'work']);
     // A process that ignores SIGTERM holds the graceful shutdown up (the agent waits for it).
-    await h.run('qvm-run', ['-u', 'root', 'work', 'trap "" TERM; exec sleep 300']);
-    const events: string[] = [];
-    const ac = new AbortController();
-    const stream = h.daemon.client().events('work', (e) => { events.push(e.event); }, ac.signal);
+    await h.ok('qvm-run', ['-u', 'root', 'work', 'trap "" TERM; exec sleep 300']);
+    const { names: events, stop } = await h.events(t, 'work');
     await h.ok('qvm-shutdown', ['work']);
+    assert.notEqual(await h.state('work'), 'Halted', 'the graceful shutdown is still waiting');
     const t0 = Date.now();
     await h.ok('qvm-kill', ['work']);
     await h.waitState('work', 'Halted', 5000);
     assert.ok(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
     await new Promise((r) => setTimeout(r, 300));
-    ac.abort();
-    await stream;
+    await stop();
     assert.equal(events.filter((e) => e === 'domain-shutdown').length, 1, events.join(','));
     assert.equal(events.filter((e) => e === 'domain-stopped').length, 1, events.join(','));
   });
 
-  test('memory limit: exceeding maxmem kills inside the qube only', async () => {
+  test('memory limit: exceeding maxmem kills inside the qube only', async (t) => {
     const h = host();
     await h.ok('qvm-shutdown', ['--wait', '--all']);
     await h.ok('qvm-prefs', ['work', 'maxmem', '64']);
+    t.after(async () => {
+      await h.run('qvm-shutdown', ['--wait', 'work']);
+      await h.run('qvm-prefs', ['--default', 'work', 'maxmem']);
+    });
     await h.ok('qvm-start', ['work']);
-    const events: string[] = [];
-    const ac = new AbortController();
-    const stream = h.daemon.client().events('work', (e) => { events.push(e.event); }, ac.signal);
+    const { names: events } = await h.events(t, 'work');
     const r = await h.root('work', 'head -c 400000000 /dev/zero | tail >/dev/null; echo "status $?"');
     assert.match(r.stdout, /status 137/);
     assert.equal(await h.state('work'), 'Running');
     // The daemon reports it (within its 1 s watchdog period).
-    for (let i = 0; i < 40 && !events.includes('domain-out-of-memory'); i++) await new Promise((res) => setTimeout(res, 100));
-    ac.abort();
-    await stream;
+    await waitFor(() => events.includes('domain-out-of-memory'), 4000, `domain-out-of-memory (got ${events.join(',')})`);
     assert.ok(events.includes('domain-out-of-memory'), events.join(','));
     assert.equal((await h.exec('work', 'echo alive')).stdout, 'alive\n');
-    await h.ok('qvm-shutdown', ['--wait', 'work']);
-    await h.ok('qvm-prefs', ['--default', 'work', 'maxmem']);
   });
 
   test('qvm-kill stops at once; qvm-shutdown --wait is graceful and leaves no container', async () => {
@@ -198,7 +191,7 @@ describe('container qubes: volumes', () => {
     await h.ok('qvm-shutdown', ['--wait', 'work']);
     await h.ok('qvm-clone', ['work', 'work-copy']);
     assert.equal((await h.exec('work-copy', 'cat /home/user/data.txt')).stdout, 'precious\n');
-    await h.exec('work-copy', 'echo changed > /home/user/data.txt');
+    assert.equal((await h.exec('work-copy', 'echo changed > /home/user/data.txt; cat /home/user/data.txt')).stdout, 'changed\n');
     assert.equal((await h.exec('work', 'cat /home/user/data.txt')).stdout, 'precious\n');
     const uuid = await h.uuid('work-copy');
     const dir = path.join(h.daemon.dataDir, 'vm', uuid);
@@ -309,9 +302,12 @@ describe('container qubes: bad input and failures', () => {
         samples.push(/power_state=(\S+)/.exec(cs)?.[1] ?? '');
       }
     })();
-    await h.ok('qvm-start', ['work']);
-    state.done = true;
-    await poll;
+    try {
+      await h.ok('qvm-start', ['work']);
+    } finally {
+      state.done = true;
+      await poll;
+    }
     const first = samples.findIndex((x) => x !== 'Halted');
     assert.ok(first >= 0, samples.join(','));
     assert.deepEqual(samples.slice(first).filter((x) => x === 'Halted'), [], samples.join(','));
@@ -382,9 +378,13 @@ describe('container qubes: a full disk', () => {
   let daemon: Daemon | undefined;
   let mounted = false;
   after(async () => {
-    if (daemon?.running === true) await daemon.kill();
-    if (mounted) execFileSync('umount', [daemon?.dataDir ?? '']);
-    await daemon?.stop();
+    try {
+      if (daemon?.running === true) await daemon.kill();
+      if (daemon) await reapContainers(daemon.tmpDir).catch(() => undefined);
+      if (mounted) execFileSync('umount', [daemon?.dataDir ?? '']);
+    } finally {
+      await daemon?.stop();
+    }
   });
 
   test('a start on a full disk fails cleanly: Halted, nothing half-made, private data intact', async () => {
@@ -397,7 +397,7 @@ describe('container qubes: a full disk', () => {
     const h = new QubeHost(daemon);
     await h.ok('bulkhead', ['template', 'build', 'host', 'tpl']);
     await h.ok('qvm-create', ['-t', 'tpl', '-l', 'red', 'work']);
-    await h.exec('work', 'echo keep-me > /home/user/kept');
+    assert.equal((await h.exec('work', 'echo keep-me > /home/user/kept && echo kept')).stdout, 'kept\n');
     await h.ok('qvm-shutdown', ['--wait', 'work']);
     await h.ok('qvm-create', ['-t', 'tpl', '-l', 'red', 'fresh']);
     const filler = path.join(daemon.dataDir, 'filler');

@@ -82,8 +82,13 @@ describe('OCI config of a container qube', () => {
     assert.ok(byDest.get('/run/bulkhead/node')?.options?.includes('ro'));
     assert.equal(byDest.get('/run/bulkhead/qrexec.sock')?.source, '/d/vm/u/run/qrexec.sock');
     assert.ok(byDest.get('/sys')?.options?.includes('ro'));
-    // Every bind from the host is nosuid/nodev.
-    for (const m of c.mounts.filter((x) => x.type === 'bind')) assert.ok(m.options?.includes('nodev'), m.destination);
+    // Every bind from the host is nodev (and the host's own files nosuid too).
+    const binds = c.mounts.filter((x) => x.type === 'bind');
+    assert.ok(binds.length >= 5);
+    for (const m of binds) assert.ok(m.options?.includes('nodev'), m.destination);
+    for (const d of ['/usr', '/rw', '/run/bulkhead/agent', '/run/bulkhead/node', '/run/bulkhead/init', '/run/bulkhead/qrexec.sock']) {
+      assert.ok(byDest.get(d)?.options?.includes('nosuid'), d);
+    }
   });
 
   test('limits: maxmem → memory, vcpus → CPU quota, pids; none without cgroups', () => {
@@ -114,6 +119,8 @@ describe('seccomp profile', () => {
     assert.equal(p.architectures.length, 1);
     for (const s of ['keyctl', 'add_key', 'init_module', 'finit_module', 'mount', 'umount2', 'unshare', 'setns', 'settimeofday', 'clock_settime', 'bpf', 'perf_event_open', 'kexec_load', 'open_by_handle_at', 'io_uring_setup']) {
       assert.ok(DENIED_SYSCALLS.includes(s), s);
+      // …and the profile itself refuses it unconditionally with EPERM.
+      assert.ok(p.syscalls.some((r) => r.names.includes(s) && r.action === 'SCMP_ACT_ERRNO' && r.errnoRet === 1 && r.args === undefined), s);
     }
     const clone3 = p.syscalls.find((r) => r.names.includes('clone3'));
     assert.equal(clone3?.errnoRet, 38);
