@@ -56,6 +56,11 @@ export class AdminClient {
     return parsed.content;
   }
 
+  /** A call whose reply is one item per line (names, tags, labels): the non-empty lines. */
+  async callList(call: Call): Promise<string[]> {
+    return (await this.call(call)).split('\n').filter((l) => l !== '');
+  }
+
   async call(call: Call): Promise<string> {
     return (await this.callRaw(call)).toString('utf8');
   }

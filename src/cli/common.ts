@@ -126,6 +126,9 @@ export function pickDomains(all: readonly DomainInfo[], names: readonly string[]
   });
 }
 
+/** How many Admin API calls a command keeps in flight at once. */
+export const CLI_CONCURRENCY = 16;
+
 /** Runs `fn` over `items` with at most `limit` calls in flight (one Admin API connection each). */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const results: R[] = new Array<R>(items.length);

@@ -1,5 +1,4 @@
 // `bulkhead daemon`: runs the admin daemon in the foreground until SIGTERM / SIGINT.
-import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
@@ -7,9 +6,7 @@ import { DEFAULT_DATA_DIR, DEFAULT_SOCKET, startDaemon, type RunningDaemon } fro
 import { DEFAULT_TEMPLATE } from '../daemon/defaults.js';
 import { createLogger } from '../daemon/log.js';
 import { ContainerBackend } from '../hal/container/backend.js';
-import { qubePaths } from '../hal/container/paths.js';
-import { buildDebianRoot, templateCacheDir } from '../hal/container/templates.js';
-import { readRootMeta } from '../hal/container/volumes.js';
+import { withBuiltRoot } from '../hal/container/templates.js';
 import type { BackendKind, HypervisorBackend } from '../hal/types.js';
 
 /** The in-qube agent, assembled by the build (scripts/agent-bundle.mjs). */
@@ -67,7 +64,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
     return 1;
   }
   const running = daemon;
-  if (values['build-default-template'] === true) void ensureDefaultTemplate(running, dataDir, log);
+  if (values['build-default-template'] === true) void ensureDefaultTemplate(running, log);
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'stopping');
@@ -88,22 +85,14 @@ export async function daemonMain(argv: string[]): Promise<number> {
  * The default TemplateVM (debian-12) gets its Debian root built in the background when it has
  * none yet (first start; cached afterwards), so a newcomer's qubes can start without extra steps.
  */
-async function ensureDefaultTemplate(daemon: RunningDaemon, dataDir: string, log: Logger): Promise<void> {
+async function ensureDefaultTemplate(daemon: RunningDaemon, log: Logger): Promise<void> {
   const tpl = daemon.registry.state.qubes.get(DEFAULT_TEMPLATE);
-  if (tpl?.klass !== 'TemplateVM' || readRootMeta(qubePaths(dataDir, tpl.uuid)) !== undefined) return;
-  const cache = templateCacheDir();
-  const stage = path.join(cache, `stage-default-${process.pid}`);
+  if (tpl?.klass !== 'TemplateVM' || daemon.lifecycle.hasRoot(tpl)) return;
   try {
-    fs.mkdirSync(cache, { recursive: true, mode: 0o700 });
-    fs.rmSync(stage, { recursive: true, force: true });
-    fs.mkdirSync(stage, { mode: 0o700 });
     log.info({ template: DEFAULT_TEMPLATE }, 'building the default template root in the background');
-    await buildDebianRoot(path.join(stage, 'root'), cache, (m) => { log.info({ template: DEFAULT_TEMPLATE }, m); });
-    await daemon.lifecycle.importRoot(tpl, { dir: path.join(stage, 'root'), hostUsr: false, source: 'debian-bookworm' });
+    await withBuiltRoot('debian', (m) => { log.info({ template: DEFAULT_TEMPLATE }, m); }, (root) => daemon.lifecycle.importRoot(tpl, root));
     log.info({ template: DEFAULT_TEMPLATE }, 'default template ready');
   } catch (err) {
     log.error({ template: DEFAULT_TEMPLATE, err: (err as Error).message }, 'building the default template failed; run: bulkhead template build debian');
-  } finally {
-    fs.rmSync(stage, { recursive: true, force: true });
   }
 }

@@ -11,7 +11,7 @@ import { QubesError } from '../core/errors.js';
 import { onFirstFrame } from '../hal/channel.js';
 import { CLIENT_EXEC_AUTOSTART, encodeFinish, MSG_CLIENT_EXEC, MSG_JUST_EXEC_FLAG, parseExecParams } from '../protocol/qrexec.js';
 import type { Lifecycle } from './lifecycle.js';
-import { listenWithUmask } from './unix-listen.js';
+import { clearSocketPath, listenWithUmask } from '../hal/unix-listen.js';
 
 const REQUEST_TIMEOUT_MS = 30_000;
 
@@ -36,9 +36,7 @@ export class ExecServer {
   }
 
   async listen(socketPath: string): Promise<void> {
-    const existing = fs.lstatSync(socketPath, { throwIfNoEntry: false });
-    if (existing && !existing.isSocket()) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
-    fs.rmSync(socketPath, { force: true });
+    clearSocketPath(socketPath);
     await listenWithUmask(this.#server, socketPath, 0o177);
     this.#path = socketPath;
   }

@@ -391,6 +391,13 @@ export class Lifecycle {
     await this.#withHalted([q, ...users], () => manager.importRoot(owner, from));
   }
 
+  /** Whether a TemplateVM or StandaloneVM has its root volume (false without a backend). */
+  hasRoot(q: QubeRecord): boolean {
+    const backend = this.#backends.get(this.#backendKind(q));
+    if (backend?.volumes === undefined || q.klass === 'AdminVM') return false;
+    return backend.volumes.hasRoot(this.#volumes(q).owner);
+  }
+
   /** The qubes whose root is `t`'s (AppVMs of a TemplateVM, DispVMs through their template). */
   #rootUsers(t: QubeRecord): QubeRecord[] {
     return this.#registry.list().filter((o) => o.uuid !== t.uuid && this.#rootOf(o)?.uuid === t.uuid);

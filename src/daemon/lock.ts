@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { listenOn } from '../hal/unix-listen.js';
 
 export class DataDirLockError extends Error {
   override readonly name = 'DataDirLockError';
@@ -26,22 +27,17 @@ export class DataDirLock {
     const pidFile = path.join(dataDir, 'daemon.lock');
     const server = net.createServer((s) => s.destroy());
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(name, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
+      await listenOn(server, name);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
-      let owner = 'unknown pid';
+      let owner: string;
       try {
-        owner = `pid ${Number.parseInt(fs.readFileSync(pidFile, 'utf8'), 10)}`;
+        owner = `another Bulkhead daemon (pid ${Number.parseInt(fs.readFileSync(pidFile, 'utf8'), 10)})`;
       } catch {
-        // the holder has not written its pid yet
+        // Starting right now, or a process that is not a Bulkhead daemon took the lock's name.
+        owner = 'another process (a daemon still starting, or not a Bulkhead daemon: no daemon.lock)';
       }
-      throw new DataDirLockError(`another Bulkhead daemon (${owner}) is using ${dataDir}`);
+      throw new DataDirLockError(`${owner} is using ${dataDir}`);
     }
     server.unref();
     fs.writeFileSync(pidFile, `${process.pid}\n`, { mode: 0o600 });

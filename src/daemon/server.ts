@@ -19,7 +19,7 @@ import {
 } from '../protocol/admin-wire.js';
 import type { Lifecycle } from './lifecycle.js';
 import { METHODS, type CallContext, type MethodDecl } from './methods.js';
-import { listenWithUmask } from './unix-listen.js';
+import { clearSocketPath, listenWithUmask } from '../hal/unix-listen.js';
 
 /** A client must finish sending its request (half-close) within this time. */
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -54,13 +54,10 @@ export class AdminServer {
   async listen(socketPath: string): Promise<void> {
     fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
     const existing = fs.lstatSync(socketPath, { throwIfNoEntry: false });
-    if (existing) {
-      if (!existing.isSocket()) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
-      if (await socketIsLive(socketPath)) {
-        throw new Error(`another daemon is listening on ${socketPath}`);
-      }
-      fs.rmSync(socketPath, { force: true });
+    if (existing?.isSocket() === true && (await socketIsLive(socketPath))) {
+      throw new Error(`another daemon is listening on ${socketPath}`);
     }
+    clearSocketPath(socketPath);
     // The socket is created 0660 from the start (umask), never briefly more open.
     await listenWithUmask(this.#server, socketPath, 0o117);
     this.#path = socketPath;

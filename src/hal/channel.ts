@@ -24,6 +24,7 @@ import {
   QREXEC_PROTOCOL_VERSION,
   type Frame,
 } from '../protocol/qrexec.js';
+import { clearSocketPath, listenWithUmask } from './unix-listen.js';
 
 /** A connection must send its first frame within this time. */
 const IDENTIFY_TIMEOUT_MS = 5000;
@@ -95,17 +96,11 @@ export class QubeChannel {
 
   /** Listens on `socketPath`, owned by `uid:gid` (the qube's root) with mode 0600. */
   static async listen(socketPath: string, uid: number, gid: number): Promise<QubeChannel> {
-    fs.rmSync(socketPath, { force: true });
+    clearSocketPath(socketPath);
     const server = net.createServer({ allowHalfOpen: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    // 0600 from the start, then handed to the qube's root.
+    await listenWithUmask(server, socketPath, 0o177);
     fs.chownSync(socketPath, uid, gid);
-    fs.chmodSync(socketPath, 0o600);
     return new QubeChannel(server, socketPath);
   }
 

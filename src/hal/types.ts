@@ -88,6 +88,8 @@ export interface VolumeManager {
   /** Copies one persistent volume from `src` to `dst` (qvm-clone); `dst`'s old copy is replaced. */
   clone(src: VolumeOwner, dst: VolumeOwner, volume: string): Promise<void>;
   importRoot(owner: VolumeOwner, from: RootImport): Promise<void>;
+  /** The qube (a TemplateVM or StandaloneVM) has a root volume installed. */
+  hasRoot(owner: VolumeOwner): boolean;
   /** Deletes every volume of a removed qube. */
   remove(uuid: string): void;
 }

@@ -16,23 +16,17 @@ import {
   type Command,
 } from '../common.js';
 
-/**
- * Copies volumes from `src` to `dst` (admin.vm.volume.CloneFrom / CloneTo, as Qubes' client
- * does), for each volume of `dst` that `pick` selects by its Info.
- */
-async function cloneVolumes(
-  client: AdminClient,
-  src: string,
-  dst: string,
-  pick: (info: Map<string, string>, volume: string) => boolean,
-): Promise<void> {
-  const names = (await client.call({ method: 'admin.vm.volume.List', dest: dst })).split('\n').filter((v) => v !== '');
-  for (const volume of names) {
-    const text = await client.call({ method: 'admin.vm.volume.Info', dest: dst, arg: volume });
-    const info = parseVolumeInfo(text);
-    if (!pick(info, volume)) continue;
-    const token = await client.call({ method: 'admin.vm.volume.CloneFrom', dest: src, arg: volume });
-    await client.call({ method: 'admin.vm.volume.CloneTo', dest: dst, arg: volume, payload: token });
+/** Copies one volume from `src` to `dst` (admin.vm.volume.CloneFrom / CloneTo, as Qubes' client does). */
+async function cloneVolume(client: AdminClient, src: string, dst: string, volume: string): Promise<void> {
+  const token = await client.call({ method: 'admin.vm.volume.CloneFrom', dest: src, arg: volume });
+  await client.call({ method: 'admin.vm.volume.CloneTo', dest: dst, arg: volume, payload: token });
+}
+
+/** Copies every persistent volume (`save_on_stop`) of `dst` from `src` (qvm-clone). */
+async function clonePersistentVolumes(client: AdminClient, src: string, dst: string): Promise<void> {
+  for (const volume of await client.callList({ method: 'admin.vm.volume.List', dest: dst })) {
+    const info = parseVolumeInfo(await client.call({ method: 'admin.vm.volume.Info', dest: dst, arg: volume }));
+    if (info.get('save_on_stop') === 'True') await cloneVolume(client, src, dst, volume);
   }
 }
 
@@ -40,11 +34,11 @@ async function cloneVolumes(
 const NOT_COPIED = new Set(['name', 'qid', 'uuid', 'klass', 'icon', 'updateable', 'label', 'template']);
 
 async function labels(client: AdminClient): Promise<string[]> {
-  return (await client.call({ method: 'admin.label.List', dest: 'dom0' })).split('\n').filter((l) => l !== '');
+  return await client.callList({ method: 'admin.label.List', dest: 'dom0' });
 }
 
 async function classes(client: AdminClient): Promise<string[]> {
-  return (await client.call({ method: 'admin.vmclass.List', dest: 'dom0' })).split('\n').filter((l) => l !== '');
+  return await client.callList({ method: 'admin.vmclass.List', dest: 'dom0' });
 }
 
 /** Removes a qube this command created, reporting (not hiding) a failure to do so. */
@@ -127,7 +121,7 @@ export const qvmCreate: Command = {
       }
       if (rootFrom !== undefined) {
         try {
-          await cloneVolumes(a.client, rootFrom, name, (_v, volume) => volume === 'root');
+          await cloneVolume(a.client, rootFrom, name, 'root');
         } catch (err) {
           errorLine(prog, `copying the root of '${rootFrom}' failed: ${(err as Error).message}; '${name}' was not created`);
           await rollback(a.client, prog, name);
@@ -181,18 +175,18 @@ export const qvmClone: Command = {
           if (p.isDefault || NOT_COPIED.has(prop)) continue;
           await a.client.call({ method: 'admin.vm.property.Set', dest: dst, arg: prop, payload: p.value });
         }
-        const features = (await a.client.call({ method: 'admin.vm.feature.List', dest: src })).split('\n').filter((f) => f !== '');
+        const features = await a.client.callList({ method: 'admin.vm.feature.List', dest: src });
         for (const f of features) {
           const value = await a.client.call({ method: 'admin.vm.feature.Get', dest: src, arg: f });
           await a.client.call({ method: 'admin.vm.feature.Set', dest: dst, arg: f, payload: value });
         }
-        const tags = (await a.client.call({ method: 'admin.vm.tag.List', dest: src })).split('\n').filter((t) => t !== '');
+        const tags = await a.client.callList({ method: 'admin.vm.tag.List', dest: src });
         for (const t of tags) {
           if (!t.startsWith('created-by-')) await a.client.call({ method: 'admin.vm.tag.Set', dest: dst, arg: t });
         }
         const notes = await a.client.callRaw({ method: 'admin.vm.notes.Get', dest: src });
         if (notes.length > 0) await a.client.call({ method: 'admin.vm.notes.Set', dest: dst, payload: notes });
-        await cloneVolumes(a.client, src, dst, (v) => v.get('save_on_stop') === 'True');
+        await clonePersistentVolumes(a.client, src, dst);
       } catch (err) {
         errorLine(prog, `cloning ${src} to ${dst} failed: ${(err as Error).message}; nothing was kept`);
         await rollback(a.client, prog, dst);

@@ -14,7 +14,7 @@ import {
 } from '../common.js';
 
 async function featureNames(client: AdminClient, vm: string): Promise<string[]> {
-  return (await client.call({ method: 'admin.vm.feature.List', dest: vm })).split('\n').filter((f) => f !== '');
+  return await client.callList({ method: 'admin.vm.feature.List', dest: vm });
 }
 
 /** undefined when the feature is not set. */
@@ -167,7 +167,7 @@ export const qvmTags: Command = {
             out(tag);
             return 0;
           }
-          const all = (await a.client.call({ method: 'admin.vm.tag.List', dest: vm })).split('\n').filter((t) => t !== '');
+          const all = await a.client.callList({ method: 'admin.vm.tag.List', dest: vm });
           for (const t of all.sort()) out(t);
           return 0;
         }

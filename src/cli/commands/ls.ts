@@ -4,6 +4,7 @@ import {
   UsageError,
   formatTable,
   listDomains,
+  CLI_CONCURRENCY,
   mapLimit,
   out,
   parse,
@@ -50,7 +51,7 @@ function cell(row: Row, column: string): string {
 async function fetchRow(client: AdminClient, domain: DomainInfo, withTags: boolean): Promise<Row> {
   const props = parseGetAll(await client.call({ method: 'admin.vm.property.GetAll', dest: domain.name }));
   const tags = withTags
-    ? (await client.call({ method: 'admin.vm.tag.List', dest: domain.name })).split('\n').filter((t) => t !== '')
+    ? await client.callList({ method: 'admin.vm.tag.List', dest: domain.name })
     : [];
   return { domain, props, tags, depth: 0 };
 }
@@ -140,7 +141,7 @@ export const qvmLs: Command = {
       const wantTags = a.strs('tags');
       const needTags = wantTags.length > 0 || columns.includes('tags');
       // A qube removed while we list it is skipped, as Qubes does.
-      const fetched = await mapLimit(domains, 16, async (d) => {
+      const fetched = await mapLimit(domains, CLI_CONCURRENCY, async (d) => {
         try {
           return await fetchRow(a.client, d, needTags);
         } catch (err) {

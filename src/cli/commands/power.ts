@@ -4,6 +4,7 @@ import {
   UsageError,
   errorLine,
   listDomains,
+  CLI_CONCURRENCY,
   mapLimit,
   out,
   pickDomains,
@@ -44,7 +45,7 @@ export const qvmStart: Command = {
       const a = parse(argv, { 'skip-if-running': { type: 'boolean' } });
       if (a.flag('help')) return printHelp(this, prog);
       const domains = await targets(a.client, a.positionals, false, []);
-      const results = await mapLimit(domains, 16, async (d) => {
+      const results = await mapLimit(domains, CLI_CONCURRENCY, async (d) => {
           try {
             const state = await currentState(a.client, d.name);
             if (state !== 'Halted' && state !== 'NA') {
@@ -133,7 +134,7 @@ export const qvmShutdown: Command = {
       const domains = await targets(a.client, a.positionals, a.flag('all'), exclude);
       // Qubes: --all without --exclude shuts everything down, netvms included, so it forces.
       const force = a.flag('force') || (a.flag('all') && exclude.length === 0);
-      const failures = await mapLimit(domains, 16, async (d) => {
+      const failures = await mapLimit(domains, CLI_CONCURRENCY, async (d) => {
         try {
           await shutdownOne(a.client, d.name, { force, wait: a.flag('wait'), timeout });
           return 0;
@@ -199,14 +200,11 @@ export const qvmCheck: Command = {
       const all = await listDomains(a.client);
       const names = a.flag('all') ? all.map((d) => d.name) : a.positionals;
       if (names.length === 0) throw new UsageError('one of the arguments --all VMNAME is required');
-      const byName = new Map(pickDomains(all, names).map((d) => [d.name, d]));
       const quiet = a.flag('quiet');
       let ok = true;
-      for (const name of names) {
-        const d = byName.get(name);
+      for (const d of pickDomains(all, names)) {
         let verdict: string;
         let pass: boolean;
-        if (!d) continue;
         if (a.flag('running')) {
           pass = d.state === 'Running';
           verdict = pass ? 'is running' : 'is not running';
@@ -217,13 +215,13 @@ export const qvmCheck: Command = {
           pass = d.klass === 'TemplateVM';
           verdict = pass ? 'is a template' : 'is not a template';
         } else if (a.flag('networked')) {
-          const netvm = d.klass === 'AdminVM' ? '' : await a.client.call({ method: 'admin.vm.property.Get', dest: name, arg: 'netvm' });
+          const netvm = d.klass === 'AdminVM' ? '' : await a.client.call({ method: 'admin.vm.property.Get', dest: d.name, arg: 'netvm' });
           pass = !/ $/.test(netvm) && netvm !== '';
           verdict = pass ? 'is networked' : 'is not networked';
         } else {
           [verdict, pass] = ['exists', true];
         }
-        if (!quiet) out(`${name}: ${verdict}`);
+        if (!quiet) out(`${d.name}: ${verdict}`);
         ok &&= pass;
       }
       return ok ? 0 : 1;

@@ -54,7 +54,7 @@ async function prefs(prog: string, cmd: Command, argv: string[], global: boolean
   }
   const t: Target = { prefix: global ? 'admin.property' : 'admin.vm.property', dest };
   if (a.flag('help-properties')) {
-    const names = (await a.client.call({ method: `${t.prefix}.List`, dest })).split('\n').filter((n) => n !== '');
+    const names = await a.client.callList({ method: `${t.prefix}.List`, dest });
     for (const n of names) out(`${n}: ${await a.client.call({ method: `${t.prefix}.Help`, dest, arg: n })}`);
     return 0;
   }

@@ -1,8 +1,6 @@
 // bulkhead template build host|debian [NAME]: builds a root filesystem and registers it as a
 // TemplateVM (or replaces the root of an existing, halted TemplateVM of that name).
-import fs from 'node:fs';
-import path from 'node:path';
-import { buildDebianRoot, buildHostRoot, templateCacheDir, type TemplateFlavor } from '../../hal/container/templates.js';
+import { templateCacheDir, withBuiltRoot, type TemplateFlavor } from '../../hal/container/templates.js';
 import { RemoteError } from '../client.js';
 import { ExitError, UsageError, errorLine, listDomains, out, parse, printHelp, runCommand, type Command } from '../common.js';
 
@@ -37,27 +35,20 @@ export const template: Command = {
         errorLine(prog, `'${name}' is running; shut it down first`);
         throw new ExitError(1);
       }
-      // Stage next to the cache (same file system as the data dir on a default install).
-      fs.mkdirSync(TEMPLATE_CACHE, { recursive: true, mode: 0o700 });
-      const stageParent = fs.mkdtempSync(path.join(TEMPLATE_CACHE, 'stage-'));
-      const root = path.join(stageParent, 'root');
-      let created = false;
+      const made = { created: false };
       try {
-        if (flavor === 'host') buildHostRoot(root);
-        else await buildDebianRoot(root, TEMPLATE_CACHE, (m) => { if (!a.flag('quiet')) out(m); });
-        if (!existing) {
-          await a.client.call({ method: 'admin.vm.Create.TemplateVM', dest: 'dom0', payload: `name=${name} label=${a.str('label') ?? 'black'}` });
-          created = true;
-        }
-        const meta = { dir: root, hostUsr: flavor === 'host', source: flavor === 'host' ? 'host' : 'debian-bookworm' };
-        await a.client.call({ method: 'bulkhead.vm.volume.ImportDir', dest: name, arg: 'root', payload: JSON.stringify(meta) });
+        await withBuiltRoot(flavor, (m) => { if (!a.flag('quiet')) out(m); }, async (root) => {
+          if (!existing) {
+            await a.client.call({ method: 'admin.vm.Create.TemplateVM', dest: 'dom0', payload: `name=${name} label=${a.str('label') ?? 'black'}` });
+            made.created = true;
+          }
+          await a.client.call({ method: 'bulkhead.vm.volume.ImportDir', dest: name, arg: 'root', payload: JSON.stringify(root) });
+        });
       } catch (err) {
-        if (created) await a.client.call({ method: 'admin.vm.Remove', dest: name }).catch(() => undefined);
+        if (made.created) await a.client.call({ method: 'admin.vm.Remove', dest: name }).catch(() => undefined);
         if (err instanceof RemoteError) throw err;
         errorLine(prog, `building the ${flavor} template failed: ${(err as Error).message}`);
         throw new ExitError(1);
-      } finally {
-        fs.rmSync(stageParent, { recursive: true, force: true });
       }
       if (!a.flag('quiet')) out(`${existing ? 'rebuilt' : 'created'} TemplateVM '${name}' (${flavor})`);
       return 0;

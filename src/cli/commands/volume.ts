@@ -1,6 +1,8 @@
 // qvm-volume: list a qube's volumes and show one volume's details (admin.vm.volume.List / Info).
-import { ExitError, UsageError, errorLine, formatTable, listDomains, out, parse, parseVolumeInfo, pickDomains, printHelp, runCommand, type Command } from '../common.js';
-
+import {
+  ExitError, UsageError, errorLine, formatTable, listDomains, CLI_CONCURRENCY, mapLimit, out, parse, parseVolumeInfo, pickDomains, printHelp, requireDomains,
+  runCommand, type Command,
+} from '../common.js';
 
 export const qvmVolume: Command = {
   name: 'qvm-volume',
@@ -12,17 +14,18 @@ export const qvmVolume: Command = {
       if (a.flag('help')) return printHelp(this, prog);
       const [action = 'list', ...args] = a.positionals;
       if (['list', 'ls', 'l'].includes(action)) {
-        const all = (await listDomains(a.client)).filter((d) => d.klass !== 'AdminVM');
-        const domains = args.length > 0 ? pickDomains(all, args) : all;
-        const rows: string[][] = [['POOL:VOLUME', 'VMNAME', 'VOLUME_NAME', 'REVERT_POSSIBLE']];
-        for (const d of domains) {
-          const names = (await a.client.call({ method: 'admin.vm.volume.List', dest: d.name })).split('\n').filter((n) => n !== '');
-          for (const v of names) {
+        // dom0 has no volumes (the daemon lists none), so it is left out unless named.
+        const all = await listDomains(a.client);
+        const domains = args.length > 0 ? pickDomains(all, args) : all.filter((d) => d.klass !== 'AdminVM');
+        const perQube = await mapLimit(domains, CLI_CONCURRENCY, async (d) => {
+          const rows: string[][] = [];
+          for (const v of await a.client.callList({ method: 'admin.vm.volume.List', dest: d.name })) {
             const info = parseVolumeInfo(await a.client.call({ method: 'admin.vm.volume.Info', dest: d.name, arg: v }));
             rows.push([`${info.get('pool') ?? ''}:${info.get('vid') ?? ''}`, d.name, v, 'No']);
           }
-        }
-        for (const line of formatTable(rows)) out(line);
+          return rows;
+        });
+        for (const line of formatTable([['POOL:VOLUME', 'VMNAME', 'VOLUME_NAME', 'REVERT_POSSIBLE'], ...perQube.flat()])) out(line);
         return 0;
       }
       if (['info', 'i'].includes(action)) {
@@ -32,8 +35,8 @@ export const qvmVolume: Command = {
         if (colon <= 0) throw new UsageError(`expected VMNAME:VOLUME, got '${spec}'`);
         const vm = spec.slice(0, colon);
         const volume = spec.slice(colon + 1);
-        pickDomains(await listDomains(a.client), [vm]);
-        const names = (await a.client.call({ method: 'admin.vm.volume.List', dest: vm })).split('\n').filter((n) => n !== '');
+        await requireDomains(a.client, [vm]);
+        const names = await a.client.callList({ method: 'admin.vm.volume.List', dest: vm });
         if (!names.includes(volume)) throw new UsageError(`no volume '${volume}' in qube '${vm}'`);
         const info = parseVolumeInfo(await a.client.call({ method: 'admin.vm.volume.Info', dest: vm, arg: volume }));
         if (property !== undefined) {

@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import type { RootImport } from '../types.js';
 
 const run = promisify(execFile);
 
@@ -133,4 +134,23 @@ function configureDebianRoot(root: string): void {
     fs.appendFileSync(path.join(root, 'etc/shadow'), 'user:*:19000:0:99999:7:::\n');
   }
   fs.writeFileSync(path.join(root, 'etc/hostname'), 'localhost\n');
+}
+
+/**
+ * Builds a root of `flavor` in a fresh staging folder next to the cache (the same file system as
+ * the data dir on a default install), hands it to `use` (which imports it), and removes the
+ * staging folder whatever happens.
+ */
+export async function withBuiltRoot<T>(flavor: TemplateFlavor, progress: (m: string) => void, use: (root: RootImport) => Promise<T>): Promise<T> {
+  const cache = templateCacheDir();
+  fs.mkdirSync(cache, { recursive: true, mode: 0o700 });
+  const stage = fs.mkdtempSync(path.join(cache, 'stage-'));
+  const dir = path.join(stage, 'root');
+  try {
+    if (flavor === 'host') buildHostRoot(dir);
+    else await buildDebianRoot(dir, cache, progress);
+    return await use({ dir, hostUsr: flavor === 'host', source: flavor === 'host' ? 'host' : `debian-${DEBIAN_SUITE}` });
+  } finally {
+    fs.rmSync(stage, { recursive: true, force: true });
+  }
 }

@@ -186,6 +186,10 @@ export class ContainerVolumes implements VolumeManager {
     await importRoot(this.#dataDir, o.uuid, from.dir, { hostUsr: from.hostUsr, source: from.source });
   }
 
+  hasRoot(o: VolumeOwner): boolean {
+    return readRootMeta(qubePaths(this.#dataDir, o.uuid)) !== undefined;
+  }
+
   remove(uuid: string): void {
     removeVolumes(this.#dataDir, uuid);
   }
