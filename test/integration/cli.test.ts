@@ -6,13 +6,6 @@ import { BIN_DIR, lines, makeTempDir, parsePrefsList, parseTable, removeTempDir,
 
 const DEFAULT_QUBES = ['debian-12', 'default-dvm', 'dom0', 'personal', 'untrusted', 'vault', 'work'];
 
-/** Runs a command that must succeed; shows its stderr when it does not. */
-async function ok(d: Daemon, cmd: string, args: readonly string[], input?: string): Promise<string> {
-  const r = await d.run(cmd, args, input === undefined ? {} : { input });
-  assert.equal(r.code, 0, `${cmd} ${args.join(' ')} exited ${r.code}; stderr: ${r.stderr}`);
-  return r.stdout;
-}
-
 async function exists(d: Daemon, name: string): Promise<boolean> {
   // Like every Qubes tool, qvm-check treats an unknown qube name as a usage error (exit 2).
   const r = await d.run('qvm-check', ['-q', name]);
@@ -21,11 +14,11 @@ async function exists(d: Daemon, name: string): Promise<boolean> {
 }
 
 async function names(d: Daemon): Promise<string[]> {
-  return lines(await ok(d, 'qvm-ls', ['--raw-list']));
+  return lines(await d.ok('qvm-ls', ['--raw-list']));
 }
 
 async function pref(d: Daemon, vm: string, prop: string): Promise<string> {
-  return (await ok(d, 'qvm-prefs', [vm, prop])).replace(/\n$/, '');
+  return (await d.ok('qvm-prefs', [vm, prop])).replace(/\n$/, '');
 }
 
 void describe('qvm-ls', () => {
@@ -34,11 +27,11 @@ void describe('qvm-ls', () => {
 
   it('sets up a netvm chain and tags (fixture)', async () => {
     const d = daemon();
-    await ok(d, 'qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=True', 'sys-net']);
-    await ok(d, 'qvm-create', ['-l', 'orange', '--prop', 'provides_network=True', '--prop', 'netvm=sys-net', 'sys-firewall']);
-    await ok(d, 'qvm-prefs', ['work', 'netvm', 'sys-firewall']);
-    await ok(d, 'qvm-tags', ['work', 'add', 'ls-tag']);
-    await ok(d, 'qvm-tags', ['personal', 'add', 'ls-tag', 'other-tag']);
+    await d.ok('qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=True', 'sys-net']);
+    await d.ok('qvm-create', ['-l', 'orange', '--prop', 'provides_network=True', '--prop', 'netvm=sys-net', 'sys-firewall']);
+    await d.ok('qvm-prefs', ['work', 'netvm', 'sys-firewall']);
+    await d.ok('qvm-tags', ['work', 'add', 'ls-tag']);
+    await d.ok('qvm-tags', ['personal', 'add', 'ls-tag', 'other-tag']);
     assert.deepEqual(await names(d), ALL);
   });
 
@@ -93,28 +86,28 @@ void describe('qvm-ls', () => {
   });
 
   it('--running and --halted filter by power state', async () => {
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--running'])), ['dom0']);
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--running'])), ['dom0']);
     assert.deepEqual(
-      lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--halted'])),
+      lines(await daemon().ok('qvm-ls', ['--raw-list', '--halted'])),
       ALL.filter((n) => n !== 'dom0'),
     );
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--paused'])), []);
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--paused'])), []);
   });
 
   it('--class filters by class', async () => {
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--class', 'TemplateVM'])), ['debian-12']);
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--class', 'AdminVM'])), ['dom0']);
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--class', 'StandaloneVM', '--class', 'TemplateVM'])), [
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--class', 'TemplateVM'])), ['debian-12']);
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--class', 'AdminVM'])), ['dom0']);
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--class', 'StandaloneVM', '--class', 'TemplateVM'])), [
       'debian-12',
       'sys-net',
     ]);
   });
 
   it('--tags lists the qubes having any of the tags', async () => {
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--tags', 'ls-tag'])), ['personal', 'work']);
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--tags', 'other-tag'])), ['personal']);
-    assert.deepEqual(lines(await ok(daemon(), 'qvm-ls', ['--raw-list', '--tags', 'nobody-has-this'])), []);
-    const { rows } = parseTable(await ok(daemon(), 'qvm-ls', ['-O', 'name,tags', 'personal', 'dom0']));
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--tags', 'ls-tag'])), ['personal', 'work']);
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--tags', 'other-tag'])), ['personal']);
+    assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--tags', 'nobody-has-this'])), []);
+    const { rows } = parseTable(await daemon().ok('qvm-ls', ['-O', 'name,tags', 'personal', 'dom0']));
     assert.deepEqual(rows, [['personal', 'created-by-dom0,ls-tag,other-tag'], ['dom0', '-']]);
   });
 
@@ -134,7 +127,7 @@ void describe('qvm-ls', () => {
   });
 
   it('selects qubes by name, and an unknown name is a usage error', async () => {
-    const { rows } = parseTable(await ok(daemon(), 'qvm-ls', ['work']));
+    const { rows } = parseTable(await daemon().ok('qvm-ls', ['work']));
     assert.deepEqual(rows.map((row) => row[0]), ['work']);
     const r = await daemon().run('qvm-ls', ['work', 'no-such-qube']);
     assert.equal(r.code, 2);
@@ -155,28 +148,28 @@ void describe('qvm-create', () => {
 
   it('creates with -l, -t and --prop', async () => {
     const d = daemon();
-    await ok(d, 'qubes-prefs', ['default_template', 'none']); // -t must be what sets the template
-    await ok(d, 'qvm-create', ['-l', 'green', '-t', 'debian-12', '--prop', 'memory=800', '--prop', 'vcpus=3', 'c-app']);
-    await ok(d, 'qubes-prefs', ['default_template', 'debian-12']);
+    await d.ok('qubes-prefs', ['default_template', 'none']); // -t must be what sets the template
+    await d.ok('qvm-create', ['-l', 'green', '-t', 'debian-12', '--prop', 'memory=800', '--prop', 'vcpus=3', 'c-app']);
+    await d.ok('qubes-prefs', ['default_template', 'debian-12']);
     assert.equal(await pref(d, 'c-app', 'label'), 'green');
     assert.equal(await pref(d, 'c-app', 'template'), 'debian-12');
     assert.equal(await pref(d, 'c-app', 'memory'), '800');
     assert.equal(await pref(d, 'c-app', 'vcpus'), '3');
     assert.equal(await pref(d, 'c-app', 'klass'), 'AppVM');
-    const list = parsePrefsList(await ok(d, 'qvm-prefs', ['c-app']));
+    const list = parsePrefsList(await d.ok('qvm-prefs', ['c-app']));
     assert.deepEqual(list.get('memory'), { flag: '-', value: '800' });
-    const { rows } = parseTable(await ok(d, 'qvm-ls', ['c-app']));
+    const { rows } = parseTable(await d.ok('qvm-ls', ['c-app']));
     assert.deepEqual(rows, [['c-app', 'Halted', 'AppVM', 'green', 'debian-12', '-']]);
   });
 
   it('uses default_template without -t, and creates templates and standalones', async () => {
     const d = daemon();
-    await ok(d, 'qvm-create', ['--label', 'purple', 'c-default']);
+    await d.ok('qvm-create', ['--label', 'purple', 'c-default']);
     assert.equal(await pref(d, 'c-default', 'template'), 'debian-12');
-    await ok(d, 'qvm-create', ['-C', 'TemplateVM', '-l', 'black', 'c-tpl']);
-    await ok(d, 'qvm-create', ['--standalone', '-l', 'gray', 'c-sa']);
-    await ok(d, 'qvm-create', ['-l', 'yellow', '-t', 'c-tpl', 'c-on-tpl']);
-    const { rows } = parseTable(await ok(d, 'qvm-ls', ['-O', 'name,class,label,template', 'c-tpl', 'c-sa', 'c-on-tpl']));
+    await d.ok('qvm-create', ['-C', 'TemplateVM', '-l', 'black', 'c-tpl']);
+    await d.ok('qvm-create', ['--standalone', '-l', 'gray', 'c-sa']);
+    await d.ok('qvm-create', ['-l', 'yellow', '-t', 'c-tpl', 'c-on-tpl']);
+    const { rows } = parseTable(await d.ok('qvm-ls', ['-O', 'name,class,label,template', 'c-tpl', 'c-sa', 'c-on-tpl']));
     assert.deepEqual(rows, [
       ['c-tpl', 'TemplateVM', 'black', '-'],
       ['c-sa', 'StandaloneVM', 'gray', '-'],
@@ -212,7 +205,7 @@ void describe('qvm-create', () => {
     assert.match(unknown.stderr, /no_such_prop/);
     assert.equal(await exists(d, 'c-badprop2'), false);
     // The name is free again.
-    await ok(d, 'qvm-create', ['-l', 'red', 'c-badprop']);
+    await d.ok('qvm-create', ['-l', 'red', 'c-badprop']);
   });
 
   it('refuses a duplicate name (exit 1) and leaves the existing qube alone', async () => {
@@ -223,7 +216,7 @@ void describe('qvm-create', () => {
     assert.equal(await pref(d, 'work', 'label'), 'blue');
     const dom0 = await d.run('qvm-create', ['-l', 'red', 'dom0']);
     assert.equal(dom0.code, 1);
-    assert.deepEqual(rowOf(parseTable(await ok(d, 'qvm-ls', ['dom0'])).rows, 'dom0'), ['dom0', 'Running', 'AdminVM', 'black', '-', '-']);
+    assert.deepEqual(rowOf(parseTable(await d.ok('qvm-ls', ['dom0'])).rows, 'dom0'), ['dom0', 'Running', 'AdminVM', 'black', '-', '-']);
   });
 
   it('refuses invalid names (exit 1)', async () => {
@@ -235,7 +228,7 @@ void describe('qvm-create', () => {
       assert.notEqual(r.stderr, '', `no message for '${bad}'`);
     }
     assert.deepEqual(await names(d), before);
-    await ok(d, 'qvm-create', ['-l', 'red', 'x'.repeat(31)]); // the longest valid name
+    await d.ok('qvm-create', ['-l', 'red', 'x'.repeat(31)]); // the longest valid name
   });
 });
 
@@ -243,7 +236,7 @@ void describe('qvm-prefs and qubes-prefs', () => {
   const daemon = suiteDaemon({ defaultQubes: true });
 
   it('lists properties with flags: - explicit, D default', async () => {
-    const list = parsePrefsList(await ok(daemon(), 'qvm-prefs', ['work']));
+    const list = parsePrefsList(await daemon().ok('qvm-prefs', ['work']));
     assert.deepEqual(list.get('label'), { flag: '-', value: 'blue' });
     assert.deepEqual(list.get('template'), { flag: '-', value: 'debian-12' });
     assert.deepEqual(list.get('memory'), { flag: 'D', value: '400' });
@@ -252,22 +245,22 @@ void describe('qvm-prefs and qubes-prefs', () => {
     assert.deepEqual(list.get('netvm'), { flag: 'D', value: 'None' });
     const names = [...list.keys()];
     assert.deepEqual(names, [...names].sort(), 'sorted by name');
-    const hidden = parsePrefsList(await ok(daemon(), 'qvm-prefs', ['--hide-default', 'work']));
+    const hidden = parsePrefsList(await daemon().ok('qvm-prefs', ['--hide-default', 'work']));
     assert.ok(hidden.has('label') && !hidden.has('memory'), [...hidden.keys()].join(' '));
   });
 
   it('gets, sets and resets (-D) a property', async () => {
     const d = daemon();
     assert.equal(await pref(d, 'personal', 'label'), 'yellow');
-    await ok(d, 'qvm-prefs', ['personal', 'memory', '1000']);
+    await d.ok('qvm-prefs', ['personal', 'memory', '1000']);
     assert.equal(await pref(d, 'personal', 'memory'), '1000');
-    assert.deepEqual(parsePrefsList(await ok(d, 'qvm-prefs', ['personal'])).get('memory'), { flag: '-', value: '1000' });
-    await ok(d, 'qvm-prefs', ['-D', 'personal', 'memory']);
+    assert.deepEqual(parsePrefsList(await d.ok('qvm-prefs', ['personal'])).get('memory'), { flag: '-', value: '1000' });
+    await d.ok('qvm-prefs', ['-D', 'personal', 'memory']);
     assert.equal(await pref(d, 'personal', 'memory'), '400');
-    assert.deepEqual(parsePrefsList(await ok(d, 'qvm-prefs', ['personal'])).get('memory'), { flag: 'D', value: '400' });
-    await ok(d, 'qvm-prefs', ['personal', 'label', 'green']);
+    assert.deepEqual(parsePrefsList(await d.ok('qvm-prefs', ['personal'])).get('memory'), { flag: 'D', value: '400' });
+    await d.ok('qvm-prefs', ['personal', 'label', 'green']);
     assert.equal(await pref(d, 'personal', 'label'), 'green');
-    await ok(d, 'qvm-prefs', ['personal', 'autostart', 'true']);
+    await d.ok('qvm-prefs', ['personal', 'autostart', 'true']);
     assert.equal(await pref(d, 'personal', 'autostart'), 'True');
   });
 
@@ -308,21 +301,21 @@ void describe('qvm-prefs and qubes-prefs', () => {
 
   it('netvm: set to a network provider, to none, and back to the default', async () => {
     const d = daemon();
-    await ok(d, 'qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=yes', 'p-net']);
-    await ok(d, 'qvm-prefs', ['untrusted', 'netvm', 'p-net']);
+    await d.ok('qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=yes', 'p-net']);
+    await d.ok('qvm-prefs', ['untrusted', 'netvm', 'p-net']);
     assert.equal(await pref(d, 'untrusted', 'netvm'), 'p-net');
-    await ok(d, 'qvm-prefs', ['untrusted', 'netvm', 'none']);
+    await d.ok('qvm-prefs', ['untrusted', 'netvm', 'none']);
     assert.equal(await pref(d, 'untrusted', 'netvm'), '');
-    assert.deepEqual(parsePrefsList(await ok(d, 'qvm-prefs', ['untrusted'])).get('netvm'), { flag: '-', value: 'None' });
-    assert.equal(parseTable(await ok(d, 'qvm-ls', ['-O', 'name,netvm', 'untrusted'])).rows[0]?.[1], '-');
+    assert.deepEqual(parsePrefsList(await d.ok('qvm-prefs', ['untrusted'])).get('netvm'), { flag: '-', value: 'None' });
+    assert.equal(parseTable(await d.ok('qvm-ls', ['-O', 'name,netvm', 'untrusted'])).rows[0]?.[1], '-');
     // a qube that provides no network cannot be a netvm
     const bad = await d.run('qvm-prefs', ['untrusted', 'netvm', 'work']);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /network/);
-    await ok(d, 'qubes-prefs', ['default_netvm', 'p-net']);
-    await ok(d, 'qvm-prefs', ['-D', 'untrusted', 'netvm']);
-    assert.deepEqual(parsePrefsList(await ok(d, 'qvm-prefs', ['untrusted'])).get('netvm'), { flag: 'D', value: 'p-net' });
-    await ok(d, 'qubes-prefs', ['default_netvm', 'none']);
+    await d.ok('qubes-prefs', ['default_netvm', 'p-net']);
+    await d.ok('qvm-prefs', ['-D', 'untrusted', 'netvm']);
+    assert.deepEqual(parsePrefsList(await d.ok('qvm-prefs', ['untrusted'])).get('netvm'), { flag: 'D', value: 'p-net' });
+    await d.ok('qubes-prefs', ['default_netvm', 'none']);
     assert.equal(await pref(d, 'untrusted', 'netvm'), '');
   });
 
@@ -337,16 +330,16 @@ void describe('qvm-prefs and qubes-prefs', () => {
 
   it('qubes-prefs gets, sets and resets global properties', async () => {
     const d = daemon();
-    const list = parsePrefsList(await ok(d, 'qubes-prefs', []));
+    const list = parsePrefsList(await d.ok('qubes-prefs', []));
     assert.deepEqual(list.get('default_template'), { flag: '-', value: 'debian-12' });
     assert.deepEqual(list.get('default_dispvm'), { flag: '-', value: 'default-dvm' });
     assert.deepEqual(list.get('default_shutdown_timeout'), { flag: 'D', value: '60' });
-    assert.equal((await ok(d, 'qubes-prefs', ['default_template'])).trim(), 'debian-12');
+    assert.equal((await d.ok('qubes-prefs', ['default_template'])).trim(), 'debian-12');
 
-    await ok(d, 'qvm-create', ['-C', 'TemplateVM', '-l', 'black', 'g-tpl']);
-    await ok(d, 'qubes-prefs', ['default_template', 'g-tpl']);
-    assert.equal((await ok(d, 'qubes-prefs', ['default_template'])).trim(), 'g-tpl');
-    await ok(d, 'qvm-create', ['-l', 'red', 'g-app']);
+    await d.ok('qvm-create', ['-C', 'TemplateVM', '-l', 'black', 'g-tpl']);
+    await d.ok('qubes-prefs', ['default_template', 'g-tpl']);
+    assert.equal((await d.ok('qubes-prefs', ['default_template'])).trim(), 'g-tpl');
+    await d.ok('qvm-create', ['-l', 'red', 'g-app']);
     assert.equal(await pref(d, 'g-app', 'template'), 'g-tpl');
 
     const notTpl = await d.run('qubes-prefs', ['default_template', 'work']);
@@ -354,23 +347,23 @@ void describe('qvm-prefs and qubes-prefs', () => {
     assert.match(notTpl.stderr, /work/);
     const missing = await d.run('qubes-prefs', ['default_template', 'no-such-qube']);
     assert.equal(missing.code, 1);
-    assert.equal((await ok(d, 'qubes-prefs', ['default_template'])).trim(), 'g-tpl');
+    assert.equal((await d.ok('qubes-prefs', ['default_template'])).trim(), 'g-tpl');
 
-    await ok(d, 'qubes-prefs', ['default_template', 'none']);
-    assert.equal((await ok(d, 'qubes-prefs', ['default_template'])).trim(), '');
+    await d.ok('qubes-prefs', ['default_template', 'none']);
+    assert.equal((await d.ok('qubes-prefs', ['default_template'])).trim(), '');
     const noTemplate = await d.run('qvm-create', ['-l', 'red', 'g-app2']);
     assert.equal(noTemplate.code, 1);
     assert.match(noTemplate.stderr, /template/i);
     assert.equal(await exists(d, 'g-app2'), false);
-    await ok(d, 'qubes-prefs', ['default_template', 'debian-12']);
+    await d.ok('qubes-prefs', ['default_template', 'debian-12']);
 
-    await ok(d, 'qubes-prefs', ['default_shutdown_timeout', '30']);
-    assert.equal((await ok(d, 'qubes-prefs', ['default_shutdown_timeout'])).trim(), '30');
+    await d.ok('qubes-prefs', ['default_shutdown_timeout', '30']);
+    assert.equal((await d.ok('qubes-prefs', ['default_shutdown_timeout'])).trim(), '30');
     assert.equal(await pref(d, 'work', 'shutdown_timeout'), '30');
     const typo = await d.run('qubes-prefs', ['default_shutdown_timeout', 'soon']);
     assert.equal(typo.code, 1);
-    await ok(d, 'qubes-prefs', ['-D', 'default_shutdown_timeout']);
-    assert.deepEqual(parsePrefsList(await ok(d, 'qubes-prefs', [])).get('default_shutdown_timeout'), { flag: 'D', value: '60' });
+    await d.ok('qubes-prefs', ['-D', 'default_shutdown_timeout']);
+    assert.deepEqual(parsePrefsList(await d.ok('qubes-prefs', [])).get('default_shutdown_timeout'), { flag: 'D', value: '60' });
 
     const unknown = await d.run('qubes-prefs', ['no_such_global']);
     assert.equal(unknown.code, 2);
@@ -383,19 +376,19 @@ void describe('qvm-features, qvm-service, qvm-tags', () => {
 
   it('qvm-features sets, gets, lists and unsets', async () => {
     const d = daemon();
-    await ok(d, 'qvm-features', ['work', 'gui', '1']);
-    await ok(d, 'qvm-features', ['work', 'os-version', '12']);
-    assert.equal(await ok(d, 'qvm-features', ['work', 'gui']), '1\n');
-    assert.deepEqual(lines(await ok(d, 'qvm-features', ['work'])), ['gui         1', 'os-version  12']);
-    await ok(d, 'qvm-features', ['work', 'gui', '0']);
-    assert.equal(await ok(d, 'qvm-features', ['work', 'gui']), '0\n');
-    await ok(d, 'qvm-features', ['--unset', 'work', 'gui']);
+    await d.ok('qvm-features', ['work', 'gui', '1']);
+    await d.ok('qvm-features', ['work', 'os-version', '12']);
+    assert.equal(await d.ok('qvm-features', ['work', 'gui']), '1\n');
+    assert.deepEqual(lines(await d.ok('qvm-features', ['work'])), ['gui         1', 'os-version  12']);
+    await d.ok('qvm-features', ['work', 'gui', '0']);
+    assert.equal(await d.ok('qvm-features', ['work', 'gui']), '0\n');
+    await d.ok('qvm-features', ['--unset', 'work', 'gui']);
     const gone = await d.run('qvm-features', ['work', 'gui']);
     assert.equal(gone.code, 1);
     assert.equal(gone.stdout, '');
-    assert.deepEqual(lines(await ok(d, 'qvm-features', ['work'])), ['os-version  12']);
+    assert.deepEqual(lines(await d.ok('qvm-features', ['work'])), ['os-version  12']);
     // features are per qube
-    assert.equal(await ok(d, 'qvm-features', ['personal']), '');
+    assert.equal(await d.ok('qvm-features', ['personal']), '');
   });
 
   it('getting a feature that is not set is exit 1', async () => {
@@ -411,35 +404,35 @@ void describe('qvm-features, qvm-service, qvm-tags', () => {
 
   it('qvm-service enables, disables, lists and unsets services (service.* features)', async () => {
     const d = daemon();
-    await ok(d, 'qvm-service', ['--enable', 'personal', 'cups']);
-    await ok(d, 'qvm-service', ['--disable', 'personal', 'sshd']);
-    await ok(d, 'qvm-service', ['personal', 'crond', 'on']);
-    assert.deepEqual(lines(await ok(d, 'qvm-service', ['personal'])), ['cups   on', 'sshd   off', 'crond  on']);
-    assert.equal(await ok(d, 'qvm-service', ['personal', 'cups']), 'on\n');
-    assert.equal(await ok(d, 'qvm-service', ['personal', 'sshd']), 'off\n');
-    assert.equal(await ok(d, 'qvm-features', ['personal', 'service.cups']), '1\n');
-    assert.equal(await ok(d, 'qvm-features', ['personal', 'service.sshd']), '\n');
-    await ok(d, 'qvm-service', ['personal', 'cups', 'off']);
-    assert.equal(await ok(d, 'qvm-service', ['personal', 'cups']), 'off\n');
-    await ok(d, 'qvm-service', ['--unset', 'personal', 'crond']);
+    await d.ok('qvm-service', ['--enable', 'personal', 'cups']);
+    await d.ok('qvm-service', ['--disable', 'personal', 'sshd']);
+    await d.ok('qvm-service', ['personal', 'crond', 'on']);
+    assert.deepEqual(lines(await d.ok('qvm-service', ['personal'])), ['cups   on', 'sshd   off', 'crond  on']);
+    assert.equal(await d.ok('qvm-service', ['personal', 'cups']), 'on\n');
+    assert.equal(await d.ok('qvm-service', ['personal', 'sshd']), 'off\n');
+    assert.equal(await d.ok('qvm-features', ['personal', 'service.cups']), '1\n');
+    assert.equal(await d.ok('qvm-features', ['personal', 'service.sshd']), '\n');
+    await d.ok('qvm-service', ['personal', 'cups', 'off']);
+    assert.equal(await d.ok('qvm-service', ['personal', 'cups']), 'off\n');
+    await d.ok('qvm-service', ['--unset', 'personal', 'crond']);
     const unset = await d.run('qvm-service', ['personal', 'crond']);
     assert.equal(unset.code, 1);
-    assert.deepEqual(lines(await ok(d, 'qvm-service', ['personal'])), ['cups  off', 'sshd  off']);
+    assert.deepEqual(lines(await d.ok('qvm-service', ['personal'])), ['cups  off', 'sshd  off']);
     const bad = await d.run('qvm-service', ['personal', 'cups', 'perhaps']);
     assert.equal(bad.code, 2);
   });
 
   it('qvm-tags adds, lists and deletes tags', async () => {
     const d = daemon();
-    await ok(d, 'qvm-tags', ['vault', 'add', 'zeta', 'alpha']);
-    assert.deepEqual(lines(await ok(d, 'qvm-tags', ['vault', 'list'])), ['alpha', 'created-by-dom0', 'zeta']);
-    assert.deepEqual(lines(await ok(d, 'qvm-tags', ['vault'])), ['alpha', 'created-by-dom0', 'zeta']);
-    assert.equal(await ok(d, 'qvm-tags', ['vault', 'list', 'alpha']), 'alpha\n');
+    await d.ok('qvm-tags', ['vault', 'add', 'zeta', 'alpha']);
+    assert.deepEqual(lines(await d.ok('qvm-tags', ['vault', 'list'])), ['alpha', 'created-by-dom0', 'zeta']);
+    assert.deepEqual(lines(await d.ok('qvm-tags', ['vault'])), ['alpha', 'created-by-dom0', 'zeta']);
+    assert.equal(await d.ok('qvm-tags', ['vault', 'list', 'alpha']), 'alpha\n');
     assert.equal((await d.run('qvm-tags', ['vault', 'list', 'beta'])).code, 1);
-    await ok(d, 'qvm-tags', ['vault', 'add', 'alpha']); // idempotent
-    await ok(d, 'qvm-tags', ['vault', 'del', 'zeta']);
-    assert.deepEqual(lines(await ok(d, 'qvm-tags', ['vault', 'list'])), ['alpha', 'created-by-dom0']);
-    assert.deepEqual(lines(await ok(d, 'qvm-ls', ['--raw-list', '--tags', 'alpha'])), ['vault']);
+    await d.ok('qvm-tags', ['vault', 'add', 'alpha']); // idempotent
+    await d.ok('qvm-tags', ['vault', 'del', 'zeta']);
+    assert.deepEqual(lines(await d.ok('qvm-tags', ['vault', 'list'])), ['alpha', 'created-by-dom0']);
+    assert.deepEqual(lines(await d.ok('qvm-ls', ['--raw-list', '--tags', 'alpha'])), ['vault']);
   });
 
   it('an invalid tag is exit 2 and is not added', async () => {
@@ -448,7 +441,7 @@ void describe('qvm-features, qvm-service, qvm-tags', () => {
       const r = await d.run('qvm-tags', ['vault', 'add', bad]);
       assert.equal(r.code, 2, `tag ${JSON.stringify(bad)} exited ${r.code}`);
     }
-    assert.deepEqual(lines(await ok(d, 'qvm-tags', ['vault', 'list'])), ['alpha', 'created-by-dom0']);
+    assert.deepEqual(lines(await d.ok('qvm-tags', ['vault', 'list'])), ['alpha', 'created-by-dom0']);
   });
 });
 
@@ -463,22 +456,22 @@ void describe('qvm-remove and qvm-clone', () => {
     for (const dep of ['work', 'personal', 'default-dvm', 'default_template']) assert.match(r.stderr, new RegExp(dep));
     assert.equal(await exists(d, 'debian-12'), true);
 
-    await ok(d, 'qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=1', 'rm-net']);
-    await ok(d, 'qvm-create', ['-l', 'red', '--prop', 'netvm=rm-net', 'rm-client']);
+    await d.ok('qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=1', 'rm-net']);
+    await d.ok('qvm-create', ['-l', 'red', '--prop', 'netvm=rm-net', 'rm-client']);
     const net = await d.run('qvm-remove', ['-f', 'rm-net']);
     assert.equal(net.code, 1);
     assert.match(net.stderr, /netvm of rm-client/);
     assert.equal(await exists(d, 'rm-net'), true);
-    await ok(d, 'qvm-remove', ['-f', 'rm-client']);
-    await ok(d, 'qvm-remove', ['-f', 'rm-net']);
+    await d.ok('qvm-remove', ['-f', 'rm-client']);
+    await d.ok('qvm-remove', ['-f', 'rm-net']);
     assert.equal(await exists(d, 'rm-net'), false);
   });
 
   it('removes an unused qube with -f', async () => {
     const d = daemon();
-    await ok(d, 'qvm-create', ['-l', 'red', 'rm-me']);
+    await d.ok('qvm-create', ['-l', 'red', 'rm-me']);
     assert.equal(await exists(d, 'rm-me'), true);
-    assert.equal(await ok(d, 'qvm-remove', ['-f', 'rm-me']), '');
+    assert.equal(await d.ok('qvm-remove', ['-f', 'rm-me']), '');
     assert.equal(await exists(d, 'rm-me'), false);
     assert.ok(!(await names(d)).includes('rm-me'));
     const again = await d.run('qvm-remove', ['-f', 'rm-me']);
@@ -488,14 +481,14 @@ void describe('qvm-remove and qvm-clone', () => {
 
   it('without -f asks first: no answer keeps the qube, yes removes it', async () => {
     const d = daemon();
-    await ok(d, 'qvm-create', ['-l', 'red', 'rm-ask']);
+    await d.ok('qvm-create', ['-l', 'red', 'rm-ask']);
     const no = await d.run('qvm-remove', ['rm-ask'], { input: 'n\n' });
     assert.equal(no.code, 1);
     assert.equal(await exists(d, 'rm-ask'), true);
     const eof = await d.run('qvm-remove', ['rm-ask']);
     assert.equal(eof.code, 1);
     assert.equal(await exists(d, 'rm-ask'), true);
-    await ok(d, 'qvm-remove', ['rm-ask'], 'y\n');
+    await d.ok('qvm-remove', ['rm-ask'], { input: 'y\n' });
     assert.equal(await exists(d, 'rm-ask'), false);
   });
 
@@ -512,16 +505,16 @@ void describe('qvm-remove and qvm-clone', () => {
 
   it('qvm-clone copies explicit properties, features, tags and label', async () => {
     const d = daemon();
-    await ok(d, 'qvm-create', ['-l', 'purple', '--prop', 'memory=800', '--prop', 'vcpus=3', '--prop', 'netvm=none', 'cl-src']);
-    await ok(d, 'qvm-features', ['cl-src', 'gui', '1']);
-    await ok(d, 'qvm-features', ['cl-src', 'empty-feature', '']);
-    await ok(d, 'qvm-service', ['--enable', 'cl-src', 'cups']);
-    await ok(d, 'qvm-tags', ['cl-src', 'add', 'team-a', 'secret']);
+    await d.ok('qvm-create', ['-l', 'purple', '--prop', 'memory=800', '--prop', 'vcpus=3', '--prop', 'netvm=none', 'cl-src']);
+    await d.ok('qvm-features', ['cl-src', 'gui', '1']);
+    await d.ok('qvm-features', ['cl-src', 'empty-feature', '']);
+    await d.ok('qvm-service', ['--enable', 'cl-src', 'cups']);
+    await d.ok('qvm-tags', ['cl-src', 'add', 'team-a', 'secret']);
     await d.client().call({ method: 'admin.vm.notes.Set', dest: 'cl-src', payload: 'some notes\nline two' });
 
-    await ok(d, 'qvm-clone', ['cl-src', 'cl-dst']);
-    const src = parsePrefsList(await ok(d, 'qvm-prefs', ['cl-src']));
-    const dst = parsePrefsList(await ok(d, 'qvm-prefs', ['cl-dst']));
+    await d.ok('qvm-clone', ['cl-src', 'cl-dst']);
+    const src = parsePrefsList(await d.ok('qvm-prefs', ['cl-src']));
+    const dst = parsePrefsList(await d.ok('qvm-prefs', ['cl-dst']));
     assert.deepEqual(dst.get('memory'), { flag: '-', value: '800' });
     assert.deepEqual(dst.get('vcpus'), { flag: '-', value: '3' });
     assert.deepEqual(dst.get('netvm'), { flag: '-', value: 'None' });
@@ -536,18 +529,18 @@ void describe('qvm-remove and qvm-clone', () => {
       if (['name', 'qid', 'uuid'].includes(prop)) continue;
       assert.deepEqual(dst.get(prop), p, `property ${prop}`);
     }
-    assert.equal(await ok(d, 'qvm-features', ['cl-dst']), await ok(d, 'qvm-features', ['cl-src']));
-    assert.equal(await ok(d, 'qvm-features', ['cl-dst', 'service.cups']), '1\n');
-    assert.deepEqual(lines(await ok(d, 'qvm-tags', ['cl-dst'])), ['created-by-dom0', 'secret', 'team-a']);
+    assert.equal(await d.ok('qvm-features', ['cl-dst']), await d.ok('qvm-features', ['cl-src']));
+    assert.equal(await d.ok('qvm-features', ['cl-dst', 'service.cups']), '1\n');
+    assert.deepEqual(lines(await d.ok('qvm-tags', ['cl-dst'])), ['created-by-dom0', 'secret', 'team-a']);
     assert.equal(await d.client().call({ method: 'admin.vm.notes.Get', dest: 'cl-dst' }), 'some notes\nline two');
     // the source is untouched
-    assert.deepEqual(lines(await ok(d, 'qvm-tags', ['cl-src'])), ['created-by-dom0', 'secret', 'team-a']);
-    assert.deepEqual(parsePrefsList(await ok(d, 'qvm-prefs', ['cl-src'])), src);
+    assert.deepEqual(lines(await d.ok('qvm-tags', ['cl-src'])), ['created-by-dom0', 'secret', 'team-a']);
+    assert.deepEqual(parsePrefsList(await d.ok('qvm-prefs', ['cl-src'])), src);
   });
 
   it('qvm-clone -l overrides the label; cloning onto an existing name fails', async () => {
     const d = daemon();
-    await ok(d, 'qvm-clone', ['-l', 'orange', 'vault', 'cl-vault']);
+    await d.ok('qvm-clone', ['-l', 'orange', 'vault', 'cl-vault']);
     assert.equal(await pref(d, 'cl-vault', 'label'), 'orange');
     assert.equal(await pref(d, 'cl-vault', 'netvm'), '');
     const dup = await d.run('qvm-clone', ['vault', 'work']);
@@ -570,7 +563,7 @@ void describe('power commands on qubes whose template has no root volume yet', (
     assert.match(r.stderr, /work/);
     assert.match(r.stderr, /'debian-12' has no root volume/);
     assert.match(r.stderr, /bulkhead template build/);
-    assert.deepEqual(parseTable(await ok(d, 'qvm-ls', ['-O', 'name,state', 'work'])).rows, [['work', 'Halted']]);
+    assert.deepEqual(parseTable(await d.ok('qvm-ls', ['-O', 'name,state', 'work'])).rows, [['work', 'Halted']]);
     assert.equal((await d.run('qvm-check', ['--running', 'work'])).code, 1);
     const cs = await d.client().call({ method: 'admin.vm.CurrentState', dest: 'work' });
     assert.match(cs, /power_state=Halted/);
@@ -584,11 +577,11 @@ void describe('power commands on qubes whose template has no root volume yet', (
 
   it('qvm-shutdown and qvm-kill of a halted qube succeed (exit 0)', async () => {
     const d = daemon();
-    assert.equal(await ok(d, 'qvm-shutdown', ['work']), '');
-    await ok(d, 'qvm-shutdown', ['--wait', 'work', 'personal']);
-    await ok(d, 'qvm-shutdown', ['--all']);
-    await ok(d, 'qvm-kill', ['work']);
-    assert.deepEqual(lines(await ok(d, 'qvm-ls', ['--raw-list', '--running'])), ['dom0']);
+    assert.equal(await d.ok('qvm-shutdown', ['work']), '');
+    await d.ok('qvm-shutdown', ['--wait', 'work', 'personal']);
+    await d.ok('qvm-shutdown', ['--all']);
+    await d.ok('qvm-kill', ['work']);
+    assert.deepEqual(lines(await d.ok('qvm-ls', ['--raw-list', '--running'])), ['dom0']);
   });
 
   it('qvm-pause and qvm-unpause of a halted qube fail (exit 1)', async () => {
@@ -598,14 +591,14 @@ void describe('power commands on qubes whose template has no root volume yet', (
     assert.match(pause.stderr, /work/);
     const unpause = await d.run('qvm-unpause', ['work']);
     assert.equal(unpause.code, 1);
-    assert.deepEqual(parseTable(await ok(d, 'qvm-ls', ['-O', 'name,state', 'work'])).rows, [['work', 'Halted']]);
+    assert.deepEqual(parseTable(await d.ok('qvm-ls', ['-O', 'name,state', 'work'])).rows, [['work', 'Halted']]);
   });
 
   it('qvm-check: exists, --running, -q, and missing qubes', async () => {
     const d = daemon();
-    assert.equal(await ok(d, 'qvm-check', ['work']), 'work: exists\n');
-    assert.equal(await ok(d, 'qvm-check', ['-q', 'work', 'dom0']), '');
-    assert.equal(await ok(d, 'qvm-check', ['--running', 'dom0']), 'dom0: is running\n');
+    assert.equal(await d.ok('qvm-check', ['work']), 'work: exists\n');
+    assert.equal(await d.ok('qvm-check', ['-q', 'work', 'dom0']), '');
+    assert.equal(await d.ok('qvm-check', ['--running', 'dom0']), 'dom0: is running\n');
     const notRunning = await d.run('qvm-check', ['--running', 'work']);
     assert.equal(notRunning.code, 1);
     assert.equal(notRunning.stdout, 'work: is not running\n');

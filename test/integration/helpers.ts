@@ -378,6 +378,13 @@ export class Daemon {
     return runCli(cmd, args, { ...opts, socketPath: this.socketPath });
   }
 
+  /** Runs a command that must succeed (exit 0); fails with its output otherwise. */
+  async ok(cmd: string, args: readonly string[] = [], opts: Omit<RunOptions, 'socketPath'> = {}): Promise<string> {
+    const r = await this.run(cmd, args, opts);
+    if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+    return r.stdout;
+  }
+
   /** Signals the daemon and waits for its exit; the data dir stays (see start() to restart). */
   async kill(signal: NodeJS.Signals = 'SIGTERM'): Promise<ExitStatus> {
     return signalAndWait(this.proc, signal);
