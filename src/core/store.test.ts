@@ -68,6 +68,8 @@ describe('store', () => {
       serialize(r.state).replace('"klass": "AdminVM"', '"klass": "AppVM"'),
       serialize(r.state).replace(/("memory",\s*)800/, '$1"lots"'),
       serialize(r.state).replace('"blue"', '"pink"'),
+      // Right type, wrong value: the property's own check runs on load too.
+      serialize(r.state).replace(/("memory",\s*)800/, '$11'),
     ];
     for (const garbage of cases) {
       fs.writeFileSync(path.join(dir, STORE_FILE), garbage);
