@@ -2,7 +2,7 @@
 // fresh temp dir and the real qvm-* commands against it. Every process started here is tracked
 // and killed, and every temp dir removed, when the test (or suite) ends — and, as a last resort,
 // when the test process itself exits.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -138,21 +138,23 @@ function childEnv(socketPath: string | undefined, extra: Readonly<Record<string,
   return { ...env, ...extra };
 }
 
+/** Starts node with `args` from the repository, tracked for cleanup, collecting its output. */
+function spawnNode(args: readonly string[], env: NodeJS.ProcessEnv): { child: ChildProcessWithoutNullStreams; out: Buffer[]; err: Buffer[] } {
+  const child = spawn(process.execPath, args, { cwd: REPO_ROOT, env, stdio: ['pipe', 'pipe', 'pipe'] });
+  track(child);
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout.on('data', (c: Buffer) => out.push(c));
+  child.stderr.on('data', (c: Buffer) => err.push(c));
+  return { child, out, err };
+}
+
 /** Runs bin/<cmd> (a qvm-* link or `bulkhead`) with node, as a user would. */
 export function runCli(cmd: string, args: readonly string[] = [], opts: RunOptions = {}): Promise<RunResult> {
   const script = path.join(BIN_DIR, cmd);
   if (!fs.existsSync(script)) return Promise.reject(new Error(`no such command in bin/: ${cmd}`));
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, ...args], {
-      cwd: REPO_ROOT,
-      env: childEnv(opts.socketPath, opts.env),
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    track(child);
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
+    const { child, out, err } = spawnNode([script, ...args], childEnv(opts.socketPath, opts.env));
     child.stdin.on('error', () => undefined); // the command may exit without reading stdin
     child.stdin.end(opts.input ?? '');
     const timer = setTimeout(() => {
@@ -203,16 +205,8 @@ export interface SpawnDaemonOptions {
 export function spawnDaemon(opts: SpawnDaemonOptions): DaemonProcess {
   const args = [BULKHEAD, 'daemon', '--data-dir', opts.dataDir, '--socket', opts.socketPath];
   if (opts.defaultQubes === true) args.push('--default-qubes');
-  const child = spawn(process.execPath, args, {
-    cwd: REPO_ROOT,
-    env: childEnv(undefined, opts.env),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  track(child);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout.on('data', (c: Buffer) => out.push(c));
-  child.stderr.on('data', (c: Buffer) => err.push(c));
+  const { child, out, err } = spawnNode(args, childEnv(undefined, opts.env));
+  child.stdin.end(); // the daemon reads nothing
   let status: ExitStatus | undefined;
   const exited = new Promise<ExitStatus>((resolve) => {
     child.once('close', (code, signal) => {
