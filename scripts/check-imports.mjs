@@ -1,16 +1,17 @@
 // Enforces the one-way dependency direction between source folders (see ARCHITECTURE.md):
-// protocol <- core <- hal <- daemon <- cli. A file may import only from its own folder and the
+// protocol, policy <- core <- hal <- daemon <- cli (policy is pure: it imports nothing of ours). A file may import only from its own folder and the
 // folders listed for it.
 import fs from 'node:fs';
 import path from 'node:path';
 
 const allowed = {
   protocol: [],
+  policy: [],
   agent: ['protocol'],
   core: ['protocol'],
   hal: ['protocol', 'core'],
-  daemon: ['protocol', 'core', 'hal'],
-  cli: ['protocol', 'core', 'hal', 'daemon'],
+  daemon: ['protocol', 'policy', 'core', 'hal'],
+  cli: ['protocol', 'policy', 'core', 'hal', 'daemon'],
 };
 
 const root = path.resolve(import.meta.dirname, '..', 'src');

@@ -34,6 +34,23 @@ export const MSG_CLIENT_EXEC = 0x1002;
 export const CLIENT_EXEC_AUTOSTART = 1;
 /** CLIENT_EXEC flag bit 1: run without passing I/O (qrexec JUST_EXEC); only the start is reported. */
 export const MSG_JUST_EXEC_FLAG = 2;
+/**
+ * CLIENT_EXEC flag bit 2: call a service (`qvm-run --service`): the command line is
+ * `TARGET USER:SERVICE+ARG`, and the daemon sends the qube `USER:QUBESRPC SERVICE+ARG dom0 …`.
+ */
+export const CLIENT_EXEC_SERVICE = 4;
+
+/** Exit codes of qrexec itself (Qubes' values). */
+export const EXIT_QREXEC_INTERNAL = 125;
+export const EXIT_REFUSED = 126;
+export const EXIT_SERVICE_NOT_FOUND = 127;
+
+/**
+ * Inside a qube: the agent's local socket for service calls (qrexec-client-vm). A client sends
+ * TRIGGER_SERVICE3; the agent answers SERVICE_REFUSED and closes, or SERVICE_CONNECT and from then
+ * on relays the call's data connection byte for byte (DATA_STDIN out, DATA_STDOUT/EXIT_CODE in).
+ */
+export const AGENT_TRIGGER_SOCKET = '/run/qubes/qrexec-agent';
 
 export const QREXEC_PROTOCOL_VERSION = 3;
 /** Size of the {type, len} header preceding every payload. */
@@ -228,6 +245,149 @@ export function encodeDataConnect(port: number): Buffer {
 export function parseDataConnect(untrustedPayload: Buffer): number {
   if (untrustedPayload.length !== 4) throw new QrexecProtocolError('DATA_CONNECT payload must be 4 bytes');
   return untrustedPayload.readUInt32LE(0);
+}
+
+// --- service calls (TRIGGER_SERVICE3, SERVICE_CONNECT, SERVICE_REFUSED) ---------------------------
+
+/** TRIGGER_SERVICE3: target_domain[64] and request_id[32], both NUL-padded, then the service name + NUL. */
+const TRIGGER_TARGET_FIELD = 64;
+const REQUEST_ID_FIELD = 32;
+const TRIGGER_FIXED = TRIGGER_TARGET_FIELD + REQUEST_ID_FIELD;
+/** Longest `SERVICE+ARG` Bulkhead accepts (a Bulkhead limit; Qubes' own is of the same order). */
+export const MAX_SERVICE_AND_ARG = 1024;
+
+/** A service name: letters, digits, `.`, `_`, `-` (no `+`); what policy files may name. */
+export const SERVICE_NAME_RE = /^[A-Za-z0-9._-]{1,255}$/;
+/** An argument after its `+`: letters, digits, `.`, `_`, `-`, `+`; may be empty. */
+export const SERVICE_ARG_RE = /^[A-Za-z0-9._+-]*$/;
+/** A call's target as a qube writes it: a name, `uuid:…`, `@default`, `@dispvm`, `@dispvm:NAME`, `@adminvm`, `dom0`. */
+const TARGET_RE = /^[A-Za-z0-9_.:@-]{0,63}$/;
+/** A request id: chosen by the calling side, echoed back unchanged. */
+const REQUEST_ID_RE = /^[A-Za-z0-9_.-]{1,31}$/;
+
+export interface ServiceTrigger {
+  /** Requested target (empty = @default); `$` already turned into `@` by the caller. */
+  readonly target: string;
+  readonly requestId: string;
+  /** `SERVICE+ARG` or `SERVICE`. */
+  readonly serviceAndArg: string;
+}
+
+/** Splits `SERVICE+ARG` at its first `+`; the argument is '' for `SERVICE` and `SERVICE+`. */
+export function splitServiceAndArg(serviceAndArg: string): { service: string; arg: string } {
+  const plus = serviceAndArg.indexOf('+');
+  if (plus < 0) return { service: serviceAndArg, arg: '' };
+  return { service: serviceAndArg.slice(0, plus), arg: serviceAndArg.slice(plus + 1) };
+}
+
+/** True for a well-formed `SERVICE[+ARG]` within MAX_SERVICE_AND_ARG. */
+export function isValidServiceAndArg(serviceAndArg: string): boolean {
+  if (serviceAndArg.length === 0 || serviceAndArg.length > MAX_SERVICE_AND_ARG) return false;
+  const { service, arg } = splitServiceAndArg(serviceAndArg);
+  return SERVICE_NAME_RE.test(service) && SERVICE_ARG_RE.test(arg);
+}
+
+function fixedField(text: string, size: number, what: string): Buffer {
+  const bytes = Buffer.from(text, 'latin1');
+  if (bytes.length >= size) throw new RangeError(`${what} must be shorter than ${size} bytes`);
+  const out = Buffer.alloc(size);
+  bytes.copy(out);
+  return out;
+}
+
+function readFixedField(untrusted: Buffer, what: string): string {
+  const nul = untrusted.indexOf(0);
+  if (nul < 0) throw new QrexecProtocolError(`${what} is not NUL-terminated`);
+  for (let i = nul; i < untrusted.length; i++) {
+    // Bytes after the terminator must be padding: nothing hides behind the NUL.
+    if (untrusted[i] !== 0) throw new QrexecProtocolError(`${what} has bytes after its terminator`);
+  }
+  return untrusted.subarray(0, nul).toString('latin1');
+}
+
+/** The payload of TRIGGER_SERVICE3. Throws RangeError for values the format cannot carry. */
+export function encodeTrigger(t: ServiceTrigger): Buffer {
+  if (!TARGET_RE.test(t.target)) throw new RangeError(`invalid target: ${JSON.stringify(t.target)}`);
+  if (!REQUEST_ID_RE.test(t.requestId)) throw new RangeError(`invalid request id: ${JSON.stringify(t.requestId)}`);
+  if (!isValidServiceAndArg(t.serviceAndArg)) throw new RangeError(`invalid service name: ${JSON.stringify(t.serviceAndArg)}`);
+  return Buffer.concat([
+    fixedField(t.target, TRIGGER_TARGET_FIELD, 'target'),
+    fixedField(t.requestId, REQUEST_ID_FIELD, 'request id'),
+    Buffer.from(`${t.serviceAndArg}\0`, 'latin1'),
+  ]);
+}
+
+/**
+ * Parses a TRIGGER_SERVICE3 payload. Structure and character sets are checked here: the result
+ * holds only characters policy can name. Meaning (does the target exist, may it be called) is
+ * the router's business. Throws QrexecProtocolError.
+ */
+export function parseTrigger(untrustedPayload: Buffer): ServiceTrigger {
+  if (untrustedPayload.length < TRIGGER_FIXED + 2) throw new QrexecProtocolError('trigger too short');
+  if (untrustedPayload.length > TRIGGER_FIXED + MAX_SERVICE_AND_ARG + 1) throw new QrexecProtocolError('trigger too long');
+  const target = readFixedField(untrustedPayload.subarray(0, TRIGGER_TARGET_FIELD), 'target');
+  const requestId = readFixedField(untrustedPayload.subarray(TRIGGER_TARGET_FIELD, TRIGGER_FIXED), 'request id');
+  const untrustedName = untrustedPayload.subarray(TRIGGER_FIXED);
+  if (untrustedName[untrustedName.length - 1] !== 0) throw new QrexecProtocolError('service name is not NUL-terminated');
+  const serviceAndArg = untrustedName.subarray(0, untrustedName.length - 1).toString('latin1');
+  if (!TARGET_RE.test(target)) throw new QrexecProtocolError('target holds characters no qube name has');
+  if (!REQUEST_ID_RE.test(requestId)) throw new QrexecProtocolError('malformed request id');
+  if (!isValidServiceAndArg(serviceAndArg)) throw new QrexecProtocolError('malformed service name');
+  return { target, requestId, serviceAndArg };
+}
+
+/** The payload of SERVICE_REFUSED: the request id, NUL-padded to 32 bytes. */
+export function encodeServiceRefused(requestId: string): Buffer {
+  if (!REQUEST_ID_RE.test(requestId)) throw new RangeError(`invalid request id: ${JSON.stringify(requestId)}`);
+  return fixedField(requestId, REQUEST_ID_FIELD, 'request id');
+}
+
+export function parseServiceRefused(untrustedPayload: Buffer): string {
+  if (untrustedPayload.length !== REQUEST_ID_FIELD) throw new QrexecProtocolError('SERVICE_REFUSED payload must be 32 bytes');
+  const id = readFixedField(untrustedPayload, 'request id');
+  if (!REQUEST_ID_RE.test(id)) throw new QrexecProtocolError('malformed request id');
+  return id;
+}
+
+/**
+ * The command line the admin domain sends a qube for a service call:
+ * `USER:QUBESRPC SERVICE+ARG SOURCE name TARGET` or `... SOURCE keyword KEYWORD` (the target as
+ * the caller asked for it: `@dispvm` → keyword dispvm, `@default` → keyword default).
+ */
+export interface ServiceCall {
+  readonly user: string;
+  readonly serviceAndArg: string;
+  readonly source: string;
+  readonly requestedTarget: { readonly type: 'name' | 'keyword'; readonly value: string };
+}
+
+const QUBESRPC_WORD_RE = /^[A-Za-z0-9_.:@+-]+$/;
+
+export function formatServiceCall(c: ServiceCall): string {
+  for (const w of [c.source, c.requestedTarget.value]) {
+    if (!QUBESRPC_WORD_RE.test(w)) throw new RangeError(`invalid word in a service call: ${JSON.stringify(w)}`);
+  }
+  if (!isValidServiceAndArg(c.serviceAndArg)) throw new RangeError(`invalid service name: ${JSON.stringify(c.serviceAndArg)}`);
+  return `${c.user}:QUBESRPC ${c.serviceAndArg} ${c.source} ${c.requestedTarget.type} ${c.requestedTarget.value}`;
+}
+
+/** The part after `USER:` of a service call (`QUBESRPC …`), or undefined for a plain command. Throws QrexecProtocolError for a malformed QUBESRPC line. */
+export function parseServiceCommand(command: string): Omit<ServiceCall, 'user'> | undefined {
+  if (!command.startsWith('QUBESRPC ')) return undefined;
+  const words = command.slice('QUBESRPC '.length).split(' ');
+  const [serviceAndArg, source, type, value] = words;
+  if (words.length === 2 && serviceAndArg !== undefined && source !== undefined) {
+    // The short Qubes form `QUBESRPC SERVICE+ARG SOURCE`.
+    if (!isValidServiceAndArg(serviceAndArg) || !QUBESRPC_WORD_RE.test(source)) throw new QrexecProtocolError('malformed QUBESRPC command');
+    return { serviceAndArg, source, requestedTarget: { type: 'keyword', value: 'default' } };
+  }
+  if (words.length !== 4 || serviceAndArg === undefined || source === undefined || value === undefined) {
+    throw new QrexecProtocolError('malformed QUBESRPC command');
+  }
+  if (!isValidServiceAndArg(serviceAndArg) || !QUBESRPC_WORD_RE.test(source) || !QUBESRPC_WORD_RE.test(value) || (type !== 'name' && type !== 'keyword')) {
+    throw new QrexecProtocolError('malformed QUBESRPC command');
+  }
+  return { serviceAndArg, source, requestedTarget: { type, value } };
 }
 
 interface PendingHeader {
