@@ -364,11 +364,16 @@ export interface ServiceCall {
 const QUBESRPC_WORD_RE = /^[A-Za-z0-9_.:@+-]+$/;
 
 export function formatServiceCall(c: ServiceCall): string {
+  return `${c.user}:${formatServiceCommand(c)}`;
+}
+
+/** The command part (after `USER:`) of a service call: `QUBESRPC SERVICE+ARG SOURCE TYPE VALUE`. */
+export function formatServiceCommand(c: Omit<ServiceCall, 'user'>): string {
   for (const w of [c.source, c.requestedTarget.value]) {
     if (!QUBESRPC_WORD_RE.test(w)) throw new RangeError(`invalid word in a service call: ${JSON.stringify(w)}`);
   }
   if (!isValidServiceAndArg(c.serviceAndArg)) throw new RangeError(`invalid service name: ${JSON.stringify(c.serviceAndArg)}`);
-  return `${c.user}:QUBESRPC ${c.serviceAndArg} ${c.source} ${c.requestedTarget.type} ${c.requestedTarget.value}`;
+  return `QUBESRPC ${c.serviceAndArg} ${c.source} ${c.requestedTarget.type} ${c.requestedTarget.value}`;
 }
 
 /** The part after `USER:` of a service call (`QUBESRPC …`), or undefined for a plain command. Throws QrexecProtocolError for a malformed QUBESRPC line. */
