@@ -1,0 +1,123 @@
+// The words of a policy line: whitespace (Python's isspace set, not JavaScript's \s), service and
+// argument names, and the qube tokens with the columns each may appear in (facts §1, §2).
+
+/**
+ * Python's str.isspace() set, which is what splits and strips policy lines. It differs from
+ * JavaScript's \s: U+001C–001F and U+0085 are spaces here, U+FEFF is not.
+ */
+const SPACE_CLASS = '\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000';
+const SPACE_RUN = new RegExp(`[${SPACE_CLASS}]+`, 'u');
+const EDGE_SPACE = new RegExp(`^[${SPACE_CLASS}]+|[${SPACE_CLASS}]+$`, 'gu');
+
+/** str.strip() with Python's whitespace set. */
+export function stripSpace(s: string): string {
+  return s.replace(EDGE_SPACE, '');
+}
+
+/** str.split() with no separator: runs of Python whitespace, no empty fields. */
+export function splitFields(s: string): string[] {
+  const stripped = stripSpace(s);
+  return stripped === '' ? [] : stripped.split(SPACE_RUN);
+}
+
+/** Universal newlines: \n, \r\n and a lone \r each end a line. */
+export function splitLines(text: string): string[] {
+  return text.split(/\r\n|\r|\n/);
+}
+
+/** A problem in one line; the loader adds the file and line. */
+export class PolicySyntaxError extends Error {
+  override readonly name = 'PolicySyntaxError';
+}
+
+const SERVICE_CHARS = /^[A-Za-z0-9._-]+$/;
+const ARGUMENT_CHARS = /^[A-Za-z0-9._+-]*$/;
+
+/** Service and argument columns (also the parameters of !include-service). null stands for `*`. */
+export function parseServiceArgument(service: string, argument: string): { service: string | null; argument: string | null } {
+  if (service !== '*' && !SERVICE_CHARS.test(service)) {
+    throw new PolicySyntaxError(`service '${service}' contains invalid characters`);
+  }
+  if (argument !== '*') {
+    if (!ARGUMENT_CHARS.test(argument)) throw new PolicySyntaxError(`argument '${argument}' contains invalid characters`);
+    if (!argument.startsWith('+')) throw new PolicySyntaxError(`argument '${argument}' does not start with +`);
+  }
+  if (service === '*' && argument !== '*') throw new PolicySyntaxError('only * argument allowed for * service');
+  return { service: service === '*' ? null : service, argument: argument === '*' ? null : argument };
+}
+
+/** The places a qube token can stand (facts §2). `request` is the target a caller asks for. */
+export type Column = 'source' | 'target' | 'redirect' | 'default_target';
+
+export type Token =
+  | { readonly kind: 'literal'; readonly raw: string }
+  | { readonly kind: 'any'; readonly raw: '*' }
+  | { readonly kind: 'anyvm'; readonly raw: '@anyvm' }
+  | { readonly kind: 'adminvm'; readonly raw: '@adminvm' }
+  | { readonly kind: 'default'; readonly raw: '@default' }
+  | { readonly kind: 'dispvm'; readonly raw: '@dispvm' }
+  | { readonly kind: 'dispvm-name'; readonly raw: string; readonly name: string }
+  | { readonly kind: 'dispvm-tag'; readonly raw: string; readonly tag: string }
+  | { readonly kind: 'tag'; readonly raw: string; readonly tag: string }
+  | { readonly kind: 'type'; readonly raw: string; readonly type: string };
+
+type Kind = Token['kind'];
+
+/** Facts §2, first table: which token may appear in which column. */
+const ALLOWED: Record<Kind, ReadonlySet<Column>> = {
+  literal: new Set(['source', 'target', 'redirect', 'default_target']),
+  any: new Set(['source', 'target']),
+  anyvm: new Set(['source', 'target']),
+  adminvm: new Set(['source', 'target', 'redirect', 'default_target']),
+  default: new Set(['target']),
+  dispvm: new Set(['target', 'redirect', 'default_target']),
+  'dispvm-name': new Set(['source', 'target', 'redirect', 'default_target']),
+  'dispvm-tag': new Set(['source', 'target']),
+  tag: new Set(['source', 'target']),
+  type: new Set(['source', 'target']),
+};
+
+const KEYWORDS: ReadonlyMap<string, Token> = new Map<string, Token>([
+  ['*', { kind: 'any', raw: '*' }],
+  ['@anyvm', { kind: 'anyvm', raw: '@anyvm' }],
+  ['@adminvm', { kind: 'adminvm', raw: '@adminvm' }],
+  ['@default', { kind: 'default', raw: '@default' }],
+  ['@dispvm', { kind: 'dispvm', raw: '@dispvm' }],
+]);
+
+const COLUMN_WORD: Record<Column, string> = { source: 'source', target: 'target', redirect: 'redirect', default_target: 'default_target' };
+
+/** The value after a prefix: not empty, and not another @ word. */
+function prefixValue(raw: string, prefix: string, column: Column): string {
+  const value = raw.slice(prefix.length);
+  if (value === '') throw new PolicySyntaxError(`invalid empty ${prefix} token`);
+  if (value.startsWith('@')) throw new PolicySyntaxError(`invalid ${COLUMN_WORD[column]} token '${raw}'`);
+  return value;
+}
+
+function classify(raw: string, column: Column): Token {
+  const keyword = KEYWORDS.get(raw);
+  if (keyword) return keyword;
+  if (!raw.startsWith('@')) return { kind: 'literal', raw };
+  if (raw.startsWith('@dispvm:@tag:')) return { kind: 'dispvm-tag', raw, tag: prefixValue(raw, '@dispvm:@tag:', column) };
+  if (raw.startsWith('@dispvm:')) return { kind: 'dispvm-name', raw, name: prefixValue(raw, '@dispvm:', column) };
+  if (raw.startsWith('@tag:')) return { kind: 'tag', raw, tag: prefixValue(raw, '@tag:', column) };
+  if (raw.startsWith('@type:')) return { kind: 'type', raw, type: prefixValue(raw, '@type:', column) };
+  throw new PolicySyntaxError(`invalid ${COLUMN_WORD[column]} token '${raw}'`);
+}
+
+/** A token checked for its column. */
+export function parseToken(raw: string, column: Column): Token {
+  if (raw === '') throw new PolicySyntaxError(`invalid empty ${COLUMN_WORD[column]} token`);
+  const token = classify(raw, column);
+  if (!ALLOWED[token.kind].has(column)) throw new PolicySyntaxError(`invalid ${COLUMN_WORD[column]} token '${raw}'`);
+  return token;
+}
+
+/** dom0, @adminvm and uuid:0…0 all name the admin domain and match each other. */
+export const DOM0_UUID = '00000000-0000-0000-0000-000000000000';
+const DOM0_FAMILY: ReadonlySet<string> = new Set(['dom0', '@adminvm', `uuid:${DOM0_UUID}`]);
+
+export function isDom0Family(s: string): boolean {
+  return DOM0_FAMILY.has(s);
+}
