@@ -3,22 +3,28 @@
 // qrexec framing, then
 //   - runs what the admin domain sends (EXEC_CMDLINE / JUST_EXEC): plain commands and service
 //     calls into this qube, each over its own data connection (exec.ts, services.ts);
+//   - forwards service calls made in this qube (its local socket AGENT_TRIGGER_SOCKET, used by
+//     qrexec-client-vm) and relays them once allowed (trigger.ts);
 //   - powers the qube off on SHUTDOWN.
 // Imports only the protocol layer; it is bound read-only into every qube.
 import fs from 'node:fs';
 import net from 'node:net';
 import {
+  AGENT_TRIGGER_SOCKET,
   encodeHello,
   FrameParser,
   MSG_EXEC_CMDLINE,
   MSG_HELLO,
   MSG_JUST_EXEC,
+  MSG_SERVICE_CONNECT,
+  MSG_SERVICE_REFUSED,
   MSG_SHUTDOWN,
   parseExecParams,
   parseHello,
   QREXEC_PROTOCOL_VERSION,
 } from '../protocol/qrexec.js';
 import { runExec } from './exec.js';
+import { TriggerServer } from './trigger.js';
 
 const CHANNEL = process.env.BULKHEAD_CHANNEL ?? '/run/bulkhead/qrexec.sock';
 
@@ -46,13 +52,24 @@ function main(): void {
   const control = net.connect(CHANNEL);
   const parser = new FrameParser();
   let greeted = false;
+  const trigger = new TriggerServer({
+    socketPath: AGENT_TRIGGER_SOCKET,
+    channel: CHANNEL,
+    sendControl: (frame) => {
+      if (control.destroyed) return false;
+      control.write(frame);
+      return true;
+    },
+    log,
+  });
   control.on('connect', () => { control.write(encodeHello(QREXEC_PROTOCOL_VERSION)); });
   control.on('error', (err) => {
     log(`channel: ${err.message}`);
     process.exit(1);
   });
   control.on('close', () => {
-    // The admin domain went away: a qube without its channel powers off.
+    // The admin domain went away: waiting calls fail, and a qube without its channel powers off.
+    trigger.failAll();
     powerOff();
   });
   control.on('data', (untrustedChunk: Buffer) => {
@@ -71,12 +88,17 @@ function main(): void {
         }
         parseHello(f.payload);
         greeted = true;
+        trigger.listen().catch((err: unknown) => { log(`service calls from this qube are unavailable: ${(err as Error).message}`); });
         continue;
       }
       try {
         if (f.type === MSG_EXEC_CMDLINE || f.type === MSG_JUST_EXEC) {
           const params = parseExecParams(f.payload);
           runExec({ channel: CHANNEL, log }, params.connectPort, params.cmdline, f.type === MSG_JUST_EXEC);
+        } else if (f.type === MSG_SERVICE_CONNECT) {
+          trigger.handleServiceConnect(f.payload);
+        } else if (f.type === MSG_SERVICE_REFUSED) {
+          trigger.handleServiceRefused(f.payload);
         } else if (f.type === MSG_SHUTDOWN) {
           powerOff();
         }
