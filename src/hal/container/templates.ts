@@ -27,6 +27,37 @@ export const DEBIAN_PACKAGES: readonly string[] = [
 ];
 export const DEBIAN_SUITE = 'bookworm';
 
+/** The qrexec services shipped in every template (share/qubes-rpc of this package). */
+const SHIPPED_SERVICES = path.resolve(import.meta.dirname, '..', '..', '..', 'share', 'qubes-rpc');
+/** Where the agent bundle's qrexec-client-vm is inside every qube. */
+const QREXEC_CLIENT_VM = '/run/bulkhead/agent/bin/qrexec-client-vm';
+
+/**
+ * Installs what qrexec needs in a template root: the shipped services in /etc/qubes-rpc (an
+ * executable file keeps mode 0755, a plain one — run as a shell line — 0644), an empty
+ * /etc/qubes/rpc-config, and, where the root has a /usr of its own, /usr/bin/qrexec-client-vm
+ * as a link to the agent bundle's command (host templates rely on the PATH the agent gives).
+ */
+export function installQrexecFiles(root: string, ownUsr: boolean): void {
+  const rpc = path.join(root, 'etc', 'qubes-rpc');
+  fs.mkdirSync(rpc, { recursive: true, mode: 0o755 });
+  fs.mkdirSync(path.join(root, 'etc', 'qubes', 'rpc-config'), { recursive: true, mode: 0o755 });
+  for (const name of fs.readdirSync(SHIPPED_SERVICES)) {
+    const from = path.join(SHIPPED_SERVICES, name);
+    const st = fs.statSync(from);
+    if (!st.isFile()) continue;
+    const to = path.join(rpc, name);
+    fs.rmSync(to, { force: true });
+    fs.copyFileSync(from, to);
+    fs.chmodSync(to, (st.mode & 0o111) !== 0 ? 0o755 : 0o644);
+  }
+  if (ownUsr) {
+    const link = path.join(root, 'usr', 'bin', 'qrexec-client-vm');
+    fs.rmSync(link, { force: true });
+    fs.symlinkSync(QREXEC_CLIENT_VM, link);
+  }
+}
+
 const PASSWD = 'root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home/user:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n';
 const GROUP = 'root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n';
 
@@ -54,6 +85,7 @@ export function buildHostRoot(dir: string): void {
   for (const f of ['ld.so.conf', 'bash.bashrc', 'profile', 'shells', 'login.defs']) {
     if (fs.existsSync(`/etc/${f}`)) fs.copyFileSync(`/etc/${f}`, path.join(etc, f));
   }
+  installQrexecFiles(dir, false);
 }
 
 /** The Debian mirror the host's apt uses (so the build works where only that mirror is reachable). */
@@ -119,6 +151,8 @@ export async function buildDebianRoot(dir: string, cacheDir: string, progress: (
   fs.mkdirSync(dir, { mode: 0o755 });
   try {
     await run('tar', ['--numeric-owner', '--xattrs', '-C', dir, '-xf', tarball]);
+    // After the cache, so that a cached root gets the current files too.
+    installQrexecFiles(dir, true);
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
     throw err;
