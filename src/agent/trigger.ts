@@ -83,7 +83,8 @@ export class TriggerServer {
   /** Listens on the socket path (a stale socket there is replaced), mode 0666. */
   async listen(): Promise<void> {
     const dir = path.dirname(this.#opts.socketPath);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    // 0755 whatever the umask, but only a folder made here (never re-mode an existing one).
+    if (fs.mkdirSync(dir, { recursive: true }) !== undefined) fs.chmodSync(dir, 0o755);
     try {
       if (fs.lstatSync(this.#opts.socketPath).isSocket()) fs.rmSync(this.#opts.socketPath);
     } catch {

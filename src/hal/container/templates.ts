@@ -40,8 +40,12 @@ const QREXEC_CLIENT_VM = '/run/bulkhead/agent/bin/qrexec-client-vm';
  */
 export function installQrexecFiles(root: string, ownUsr: boolean): void {
   const rpc = path.join(root, 'etc', 'qubes-rpc');
-  fs.mkdirSync(rpc, { recursive: true, mode: 0o755 });
-  fs.mkdirSync(path.join(root, 'etc', 'qubes', 'rpc-config'), { recursive: true, mode: 0o755 });
+  const dirs = [rpc, path.join(root, 'etc', 'qubes'), path.join(root, 'etc', 'qubes', 'rpc-config')];
+  for (const d of dirs) {
+    fs.mkdirSync(d, { recursive: true });
+    // Whatever the builder's umask: services run as the qube's users, who must reach them.
+    fs.chmodSync(d, 0o755);
+  }
   for (const name of fs.readdirSync(SHIPPED_SERVICES)) {
     const from = path.join(SHIPPED_SERVICES, name);
     const st = fs.statSync(from);
