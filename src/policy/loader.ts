@@ -61,6 +61,7 @@ class Loader {
   readonly rules: Rule[] = [];
   readonly errors: PolicyError[] = [];
   readonly files: string[] = [];
+  readonly #seen = new Set<string>();
   readonly #watched = new Map<string, Stamp>();
   readonly #fs: PolicyFs;
   readonly #topDir: string;
@@ -146,7 +147,10 @@ class Loader {
     }
     this.#bytesLeft -= read.data.length;
     this.#watch(file, read.stamp);
-    if (!this.files.includes(file)) this.files.push(file);
+    if (!this.#seen.has(file)) {
+      this.#seen.add(file);
+      this.files.push(file);
+    }
     let text;
     try {
       text = decoder.decode(read.data);
