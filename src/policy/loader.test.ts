@@ -209,6 +209,13 @@ test('policy files larger than the total cap fail the load', async () => {
   assert.equal(errors(await load({ '/pol/a.policy': half, '/pol/b.policy': half })).length, 1);
 });
 
+test('errors stop at 1000, with a last line saying so', async () => {
+  const e = errors(await load({ '/pol/a.policy': 'bad\n'.repeat(5000), '/pol/b.policy': 'bad' }));
+  assert.equal(e.length, 1001);
+  assert.equal(e[999], '/pol/a.policy:1000: wrong number of fields (1; expected SERVICE ARGUMENT SOURCE TARGET ACTION [PARAMS])');
+  assert.equal(e[1000], '/pol: too many errors; stopped after 1000');
+});
+
 test('property: any file content loads or fails with file:line errors, never throws', async () => {
   await fc.assert(
     fc.asyncProperty(fc.oneof(fc.uint8Array({ maxLength: 200 }), fc.string({ unit: 'binary', maxLength: 200 })), async (content) => {

@@ -4,13 +4,13 @@
 import path from 'node:path';
 import { Policy } from './engine.js';
 import { FileTooLargeError, nodePolicyFs, type PolicyFs, type Stamp } from './fs.js';
-import { formatError, parseOldSyntaxText, parsePolicyText, type Entry, type PolicyError, type Rule } from './parser.js';
+import { DEFAULT_MAX_ERRORS, formatError, parseOldSyntaxText, parsePolicyText, type Entry, type PolicyError, type Rule } from './parser.js';
 
 /** Caps: every byte read (includes read again count again), files opened, include depth. */
 export const MAX_POLICY_BYTES = 16 * 1024 * 1024;
 export const MAX_POLICY_FILES = 10_000;
 export const MAX_INCLUDE_DEPTH = 32;
-const MAX_ERRORS = 1000;
+const MAX_ERRORS = DEFAULT_MAX_ERRORS;
 
 const FILE_NAME = /^[0-9a-z_.-]+$/;
 
@@ -158,7 +158,8 @@ class Loader {
       this.#error({ file, line: badUtf8Line(read.data) }, 'invalid UTF-8');
       return;
     }
-    const parsed = syntax.kind === 'new' ? parsePolicyText(text, file) : parseOldSyntaxText(text, file, syntax.service, syntax.argument);
+    const budget = MAX_ERRORS - this.errors.length;
+    const parsed = syntax.kind === 'new' ? parsePolicyText(text, file, budget) : parseOldSyntaxText(text, file, syntax.service, syntax.argument, budget);
     for (const e of parsed.errors) this.#error(e, e.message);
     const inner = [...chain, file];
     for (const entry of parsed.entries) await this.#entry(entry, file, syntax, inner);

@@ -6,7 +6,6 @@ import {
   parseServiceArgument,
   parseToken,
   splitFields,
-  splitLines,
   stripSpace,
   type Token,
 } from './tokens.js';
@@ -137,26 +136,38 @@ function parseDirective(fields: readonly string[], line: number): Entry {
   }
 }
 
-/** Runs `fn` on each non-blank, non-comment line (already stripped), recording its errors. */
-function eachLine(text: string, file: string, errors: PolicyError[], fn: (line: string, lineNo: number) => void): void {
-  const lines = splitLines(text);
-  for (let i = 0; i < lines.length; i++) {
-    const line = stripSpace(lines[i] ?? '');
+/** Parsing stops after this many errors (a garbage file must not cost memory per line). */
+export const DEFAULT_MAX_ERRORS = 1000;
+
+/**
+ * Runs `fn` on each non-blank, non-comment line (already stripped), recording its errors; stops
+ * once `maxErrors` are recorded.
+ */
+function eachLine(text: string, file: string, errors: PolicyError[], maxErrors: number, fn: (line: string, lineNo: number) => void): void {
+  // Universal newlines: \n, \r\n and a lone \r each end a line. Scanned in place rather than
+  // split up front, so a huge file with few valid lines costs no array of every line.
+  let lineNo = 0;
+  for (let pos = 0; pos <= text.length && errors.length < maxErrors; ) {
+    let end = pos;
+    for (let c = text.charCodeAt(end); end < text.length && c !== 0x0a && c !== 0x0d; c = text.charCodeAt(++end));
+    const line = stripSpace(text.slice(pos, end));
+    lineNo++;
+    pos = text.charCodeAt(end) === 0x0d && text.charCodeAt(end + 1) === 0x0a ? end + 2 : end + 1;
     if (line === '' || line.startsWith('#')) continue;
     try {
-      fn(line, i + 1);
+      fn(line, lineNo);
     } catch (err) {
       if (!(err instanceof PolicySyntaxError)) throw err;
-      errors.push({ file, line: i + 1, message: err.message });
+      errors.push({ file, line: lineNo, message: err.message });
     }
   }
 }
 
 /** A policy file in the R4.1+ format. Never throws: errors are in the result. */
-export function parsePolicyText(text: string, file: string): ParsedText {
+export function parsePolicyText(text: string, file: string, maxErrors = DEFAULT_MAX_ERRORS): ParsedText {
   const entries: Entry[] = [];
   const errors: PolicyError[] = [];
-  eachLine(text, file, errors, (line, lineNo) => {
+  eachLine(text, file, errors, maxErrors, (line, lineNo) => {
     const fields = splitFields(line);
     if (line.startsWith('!')) entries.push(parseDirective(fields, lineNo));
     else entries.push({ kind: 'rule', rule: parseRuleLine(fields, `${file}:${lineNo}`) });
@@ -168,10 +179,16 @@ export function parsePolicyText(text: string, file: string): ParsedText {
  * A file named by `!include-service`: the old per-service syntax, `SOURCE TARGET ACTION[,PARAMS]`
  * with `$` for `@`, read for one fixed service and argument (facts §7).
  */
-export function parseOldSyntaxText(text: string, file: string, service: string | null, argument: string | null): ParsedText {
+export function parseOldSyntaxText(
+  text: string,
+  file: string,
+  service: string | null,
+  argument: string | null,
+  maxErrors = DEFAULT_MAX_ERRORS,
+): ParsedText {
   const entries: Entry[] = [];
   const errors: PolicyError[] = [];
-  eachLine(text, file, errors, (stripped, lineNo) => {
+  eachLine(text, file, errors, maxErrors, (stripped, lineNo) => {
     const line = stripped.replaceAll('$include:', '!include ').replaceAll('$', '@').replaceAll(',', ' ');
     const fields = splitFields(line);
     if (line.startsWith('!')) {

@@ -36,11 +36,6 @@ export function splitFields(s: string): string[] {
   return fields;
 }
 
-/** Universal newlines: \n, \r\n and a lone \r each end a line. */
-export function splitLines(text: string): string[] {
-  return text.split(/\r\n|\r|\n/);
-}
-
 /** A problem in one line; the loader adds the file and line. */
 export class PolicySyntaxError extends Error {
   override readonly name = 'PolicySyntaxError';
