@@ -20,8 +20,9 @@ import {
   MSG_SHUTDOWN,
   parseExecParams,
   type Frame,
+  type ServiceTrigger,
 } from '../protocol/qrexec.js';
-import { QubeChannel } from './channel.js';
+import { ChannelError, MAX_PENDING_TRIGGERS, QubeChannel, type TriggerReply } from './channel.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bh-channel-'));
 after(() => { fs.rmSync(dir, { recursive: true, force: true }); });
@@ -154,5 +155,304 @@ describe('qube channel', () => {
     await assert.rejects(pending, /disconnected/);
     assert.equal(gone, true);
     await ch.close();
+  });
+});
+
+// --- service calls from the qube (TRIGGER_SERVICE3 on the control connection) ------------
+//
+// Frames are written by hand from docs/protocol/qrexec.md: TRIGGER_SERVICE3 = 0x212 with
+// target[64], request id[32] (NUL-padded), `SERVICE+ARG` + NUL; SERVICE_REFUSED = 0x203 with the id
+// padded to 32 bytes; SERVICE_CONNECT = 0x202 with exec params u32 0, u32 port, id + NUL;
+// DATA_CONNECT = 0x1000 with u32 port.
+
+function le32(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v, 0);
+  return b;
+}
+
+function rawFrame(type: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  return Buffer.concat([le32(type), le32(payload.length), payload]);
+}
+
+function pad(text: string, size: number): Buffer {
+  const out = Buffer.alloc(size);
+  Buffer.from(text, 'latin1').copy(out, 0, 0, size);
+  return out;
+}
+
+function triggerFrame(target: string, id: string, name: string): Buffer {
+  return rawFrame(0x212, Buffer.concat([pad(target, 64), pad(id, 32), Buffer.from(`${name}\0`, 'latin1')]));
+}
+
+type Agent = Awaited<ReturnType<typeof connect>>;
+
+interface Call {
+  readonly t: ServiceTrigger;
+  readonly reply: TriggerReply;
+}
+
+interface Ready {
+  readonly ch: QubeChannel;
+  readonly sock: string;
+  readonly a: Agent;
+  /** Every call the handler received, in order. */
+  readonly calls: Call[];
+  /** The next call the handler receives (or already received and not yet taken). */
+  readonly nextCall: () => Promise<Call>;
+  /** Resolves when onDisconnect fires. */
+  readonly disconnected: Promise<void>;
+}
+
+/** An agent connection whose socket is destroyed when the test ends. */
+async function agent(t: TestContext, sock: string): Promise<Agent> {
+  const a = await connect(sock);
+  t.after(() => { a.s.destroy(); });
+  return a;
+}
+
+/** A channel with an agent past HELLO; `withHandler` installs a handler that queues the calls. */
+async function ready(t: TestContext, withHandler = true): Promise<Ready> {
+  const { ch, sock } = await channel(t);
+  const calls: Call[] = [];
+  let taken = 0;
+  const waiters: ((c: Call) => void)[] = [];
+  if (withHandler) {
+    ch.onServiceRequest((trigger, reply) => {
+      const c = { t: trigger, reply };
+      calls.push(c);
+      const w = waiters.shift();
+      if (w) {
+        taken++;
+        w(c);
+      }
+    });
+  }
+  const disconnected = new Promise<void>((r) => { ch.onDisconnect(r); });
+  const a = await agent(t, sock);
+  a.s.write(encodeHello(3));
+  await ch.waitHello(2000);
+  assert.equal((await a.next()).type, MSG_HELLO);
+  const nextCall = (): Promise<Call> => new Promise((r) => {
+    const c = calls[taken];
+    if (c) {
+      taken++;
+      r(c);
+    } else {
+      waiters.push(r);
+    }
+  });
+  return { ch, sock, a, calls, nextCall, disconnected };
+}
+
+function assertRefused(f: Frame, id: string): void {
+  assert.equal(f.type, 0x203, `expected SERVICE_REFUSED, got 0x${f.type.toString(16)}`);
+  assert.deepEqual(f.payload, pad(id, 32));
+}
+
+/** Collects `n` bytes from a paused socket handed over by the channel. */
+function readBytes(s: net.Socket, n: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    s.on('data', (c: Buffer) => {
+      parts.push(c);
+      size += c.length;
+      if (size >= n) resolve(Buffer.concat(parts));
+    });
+    s.once('error', reject);
+    s.once('close', () => { resolve(Buffer.concat(parts)); });
+    s.resume();
+  });
+}
+
+describe('qube channel: service calls from the qube', { timeout: 15_000 }, () => {
+  test('MAX_PENDING_TRIGGERS is 32 (doc: at most 32 calls of one qube may wait)', () => {
+    assert.equal(MAX_PENDING_TRIGGERS, 32);
+  });
+
+  test('a TRIGGER_SERVICE3 after HELLO reaches the handler, parsed; several in one write and one split byte by byte', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(triggerFrame('@dispvm:dvm', '17', 'qubes.Test+x'));
+    const first = await r.nextCall();
+    assert.deepEqual({ ...first.t }, { target: '@dispvm:dvm', requestId: '17', serviceAndArg: 'qubes.Test+x' });
+    r.a.s.write(Buffer.concat([triggerFrame('', 'a', 'qubes.GetDate'), triggerFrame('vault', 'b', 'my.Svc+')]));
+    assert.deepEqual({ ...(await r.nextCall()).t }, { target: '', requestId: 'a', serviceAndArg: 'qubes.GetDate' });
+    assert.deepEqual({ ...(await r.nextCall()).t }, { target: 'vault', requestId: 'b', serviceAndArg: 'my.Svc+' });
+    const split = triggerFrame('work', 'c', 'x+y');
+    for (const byte of split) {
+      r.a.s.write(Buffer.from([byte]));
+      await new Promise((res) => setImmediate(res));
+    }
+    assert.deepEqual({ ...(await r.nextCall()).t }, { target: 'work', requestId: 'c', serviceAndArg: 'x+y' });
+    assert.equal(r.ch.connected, true);
+  });
+
+  test('reply.refuse() writes SERVICE_REFUSED (0x203) with the id NUL-padded to 32 bytes', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(triggerFrame('vault', 'req-1', 'qubes.Test'));
+    const c = await r.nextCall();
+    c.reply.refuse();
+    const f = await r.a.next();
+    // 03020000 20000000, then '7265712d31' and 27 NULs
+    assert.equal(f.type, 0x203);
+    assert.deepEqual(f.payload, Buffer.from(`7265712d31${'00'.repeat(27)}`, 'hex'));
+    // The id is free again: the same id reaches the handler once more.
+    r.a.s.write(triggerFrame('vault', 'req-1', 'qubes.Test'));
+    assert.equal((await r.nextCall()).t.requestId, 'req-1');
+  });
+
+  test('reply.connect() writes SERVICE_CONNECT and resolves with the data connection; bytes after DATA_CONNECT are kept', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(triggerFrame('vault', 'id.7', 'qubes.Test+x'));
+    const c = await r.nextCall();
+    const pending = c.reply.connect();
+    const f = await r.a.next();
+    assert.equal(f.type, 0x202);
+    assert.equal(f.payload.length, 4 + 4 + 4 + 1);
+    const port = f.payload.readUInt32LE(4);
+    // u32 0, u32 port, 'id.7' = 69642e37, NUL
+    assert.deepEqual(f.payload, Buffer.concat([Buffer.from('00000000', 'hex'), le32(port), Buffer.from('69642e3700', 'hex')]));
+    const d = await agent(t, r.sock);
+    // DATA_CONNECT, a whole DATA_STDIN frame and the first 5 bytes of the next one in one write;
+    // the rest of that frame in a later write.
+    const next = rawFrame(0x190, Buffer.from('second'));
+    const after = Buffer.concat([rawFrame(0x190, Buffer.from('ping')), next]);
+    d.s.write(Buffer.concat([rawFrame(0x1000, le32(port)), rawFrame(0x190, Buffer.from('ping')), next.subarray(0, 5)]));
+    const data = await pending;
+    d.s.write(next.subarray(5));
+    assert.deepEqual(await readBytes(data, after.length), after);
+    // And the other way: what the daemon writes reaches the agent's data connection.
+    data.write(rawFrame(0x191, Buffer.from('pong')));
+    const back = await d.next();
+    assert.equal(back.type, 0x191);
+    assert.equal(back.payload.toString(), 'pong');
+    data.destroy();
+  });
+
+  test('a second trigger with a pending id is refused at once, without reaching the handler', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(triggerFrame('vault', 'dup', 'a'));
+    const c = await r.nextCall();
+    r.a.s.write(triggerFrame('work', 'dup', 'b'));
+    assertRefused(await r.a.next(), 'dup');
+    assert.equal(r.calls.length, 1);
+    // Other ids still pass while 'dup' is pending.
+    r.a.s.write(triggerFrame('work', 'other', 'b'));
+    assert.equal((await r.nextCall()).t.requestId, 'other');
+    c.reply.refuse();
+    assertRefused(await r.a.next(), 'dup');
+    assert.equal(r.a.frames.length, 0);
+  });
+
+  test('the 33rd pending trigger is refused at once; answering one makes room', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(Buffer.concat(Array.from({ length: 32 }, (_, i) => triggerFrame('vault', `p${i}`, 'a'))));
+    for (let i = 0; i < 32; i++) assert.equal((await r.nextCall()).t.requestId, `p${i}`);
+    r.a.s.write(triggerFrame('vault', 'p32', 'a'));
+    assertRefused(await r.a.next(), 'p32');
+    assert.equal(r.calls.length, 32);
+    r.calls[5]!.reply.refuse();
+    assertRefused(await r.a.next(), 'p5');
+    r.a.s.write(triggerFrame('vault', 'p33', 'a'));
+    assert.equal((await r.nextCall()).t.requestId, 'p33');
+    r.a.s.write(triggerFrame('vault', 'p34', 'a'));
+    assertRefused(await r.a.next(), 'p34');
+    assert.equal(r.calls.length, 33);
+  });
+
+  test('without a handler every trigger is refused', async (t) => {
+    const r = await ready(t, false);
+    r.a.s.write(Buffer.concat([triggerFrame('vault', 'x1', 'a'), triggerFrame('', 'x2', 'b+c')]));
+    assertRefused(await r.a.next(), 'x1');
+    assertRefused(await r.a.next(), 'x2');
+    assert.equal(r.ch.connected, true);
+  });
+
+  const fatal: readonly (readonly [string, Buffer])[] = [
+    ['a trigger without NUL in the target', rawFrame(0x212, Buffer.concat([Buffer.alloc(64, 0x61), pad('1', 32), Buffer.from('a\0')]))],
+    ['a trigger with a byte after the id terminator', rawFrame(0x212, Buffer.concat([pad('w', 64), pad('1\0x', 32), Buffer.from('a\0')]))],
+    ['a trigger with a bad target', triggerFrame('a b', '1', 'a')],
+    ['a trigger with a bad service', triggerFrame('w', '1', 'a/b')],
+    ['a trigger without the final NUL', rawFrame(0x212, Buffer.concat([pad('w', 64), pad('1', 32), Buffer.from('a')]))],
+    ['a short trigger', rawFrame(0x212, Buffer.alloc(10))],
+    ['a pre-v3 TRIGGER_SERVICE (0x210)', rawFrame(0x210, Buffer.alloc(64))],
+    ['DATA_STDOUT', rawFrame(0x191, Buffer.from('x'))],
+    ['DATA_STDIN EOF', rawFrame(0x190)],
+    ['a second HELLO', rawFrame(0x300, le32(3))],
+    ['DATA_CONNECT', rawFrame(0x1000, le32(1))],
+    ['SHUTDOWN', rawFrame(0x1001)],
+    ['SERVICE_REFUSED', rawFrame(0x203, pad('1', 32))],
+    ['EXEC_CMDLINE', rawFrame(0x200, Buffer.concat([le32(0), le32(1), Buffer.from('user:true\0')]))],
+    ['an unknown type', rawFrame(0x999)],
+    ['an oversize header', Buffer.concat([le32(0x212), le32(65537)])],
+  ];
+  for (const [name, bytes] of fatal) {
+    test(`${name} after HELLO closes the control connection and fires onDisconnect`, async (t) => {
+      const r = await ready(t);
+      r.a.s.write(bytes);
+      await Promise.all([closed(r.a.s), r.disconnected]);
+      assert.equal(r.ch.connected, false);
+      assert.equal(r.calls.length, 0);
+    });
+  }
+
+  test('a malformed trigger after a good one: the good one reached the handler, its connect() then rejects', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(triggerFrame('vault', 'ok', 'a'));
+    const c = await r.nextCall();
+    r.a.s.write(triggerFrame('vault', 'bad id', 'a'));
+    await r.disconnected;
+    assert.equal(r.calls.length, 1);
+    await assert.rejects(async () => c.reply.connect(), ChannelError);
+  });
+
+  test('connect() after the control connection closed rejects; refuse() then is silent', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(Buffer.concat([triggerFrame('vault', 'one', 'a'), triggerFrame('vault', 'two', 'a')]));
+    const one = await r.nextCall();
+    const two = await r.nextCall();
+    // The channel closes the control connection itself (an unexpected frame).
+    r.a.s.write(rawFrame(0x191, Buffer.from('x')));
+    await r.disconnected;
+    await assert.rejects(async () => one.reply.connect(), ChannelError);
+    assert.doesNotThrow(() => { two.reply.refuse(); });
+  });
+
+  test('the agent closing its control connection fires onDisconnect without waiting for a write by the daemon', {
+    todo: 'bug: src/hal/channel.ts: the server is allowHalfOpen and the control connection has no \'end\' handler, so an agent hang-up goes unnoticed until the daemon writes',
+  }, async (t) => {
+    const r = await ready(t);
+    r.a.s.write(triggerFrame('vault', 'one', 'a'));
+    const one = await r.nextCall();
+    // The agent process goes away: its end of the socket is closed (it had read everything).
+    r.a.s.destroy();
+    const fired = await Promise.race([r.disconnected.then(() => true), new Promise<boolean>((res) => setTimeout(() => { res(false); }, 500))]);
+    assert.equal(fired, true, 'onDisconnect did not fire within 500 ms of the agent\'s EOF');
+    assert.equal(r.ch.connected, false);
+    await assert.rejects(async () => one.reply.connect(), ChannelError);
+  });
+
+  test('answering twice: refuse() after connect() is a no-op, connect() after refuse() throws or rejects', async (t) => {
+    const r = await ready(t);
+    r.a.s.write(Buffer.concat([triggerFrame('vault', 'c1', 'a'), triggerFrame('vault', 'r1', 'a')]));
+    const c1 = await r.nextCall();
+    const r1 = await r.nextCall();
+    const pending = c1.reply.connect();
+    c1.reply.refuse();
+    r1.reply.refuse();
+    r1.reply.refuse();
+    await assert.rejects(async () => r1.reply.connect(), ChannelError);
+    // What reached the agent, in order: one SERVICE_CONNECT, one SERVICE_REFUSED, then SHUTDOWN
+    // (sent last to mark the end).
+    assert.equal(r.ch.requestShutdown(), true);
+    const f1 = await r.a.next();
+    assert.equal(f1.type, 0x202);
+    assertRefused(await r.a.next(), 'r1');
+    assert.equal((await r.a.next()).type, MSG_SHUTDOWN);
+    // connect() still completes.
+    const d = await agent(t, r.sock);
+    d.s.write(rawFrame(0x1000, le32(f1.payload.readUInt32LE(4))));
+    (await pending).destroy();
   });
 });
