@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_DATA_DIR, DEFAULT_SOCKET, startDaemon, type RunningDaemon } from '../daemon/daemon.js';
 import { DEFAULT_TEMPLATE } from '../daemon/defaults.js';
 import { createLogger } from '../daemon/log.js';
+import { TtyPrompt } from '../daemon/tty-prompt.js';
 import { ContainerBackend } from '../hal/container/backend.js';
 import { withBuiltRoot } from '../hal/container/templates.js';
 import type { BackendKind, HypervisorBackend } from '../hal/types.js';
@@ -22,6 +23,8 @@ export async function daemonMain(argv: string[]): Promise<number> {
         socket: { type: 'string' },
         'default-qubes': { type: 'boolean' },
         'build-default-template': { type: 'boolean' },
+        'ask-timeout': { type: 'string' },
+        'no-tty-prompt': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -31,9 +34,16 @@ export async function daemonMain(argv: string[]): Promise<number> {
     return 2;
   }
   if (values.help === true) {
-    process.stdout.write('usage: bulkhead daemon [--data-dir DIR] [--socket PATH] [--default-qubes] [--build-default-template]\n');
+    process.stdout.write('usage: bulkhead daemon [--data-dir DIR] [--socket PATH] [--default-qubes] [--build-default-template] [--ask-timeout SECONDS] [--no-tty-prompt]\n');
     return 0;
   }
+  const askTimeout = values['ask-timeout'] === undefined ? 60 : Number(values['ask-timeout']);
+  if (!Number.isInteger(askTimeout) || askTimeout < 1 || askTimeout > 86_400) {
+    process.stderr.write(`bulkhead daemon: error: --ask-timeout must be a whole number of seconds from 1 to 86400, got '${values['ask-timeout']}'\n`);
+    return 2;
+  }
+  // Asks are also put to the terminal the daemon runs in (until the desktop exists).
+  const tty = process.stdin.isTTY && values['no-tty-prompt'] !== true ? new TtyPrompt(process.stdin, process.stderr) : undefined;
   const log = createLogger('bulkheadd');
   // A bug in one request must not take down the daemon (and with it every qube's channel).
   process.on('unhandledRejection', (reason) => {
@@ -56,9 +66,12 @@ export async function daemonMain(argv: string[]): Promise<number> {
         return backends;
       },
       defaultQubes: values['default-qubes'] === true,
+      askTimeoutMs: askTimeout * 1000,
+      promptProvider: tty,
     });
   } catch (err) {
     const message = (err as Error).message;
+    tty?.close();
     log.fatal({ err: message }, 'daemon cannot start');
     process.stderr.write(`bulkhead daemon: error: ${message}\n`);
     return 1;
@@ -68,6 +81,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'stopping');
+      tty?.close();
       running.close().then(
         () => { resolve(0); },
         (err: unknown) => {

@@ -3,6 +3,7 @@
 import net from 'node:net';
 import {
   CLIENT_EXEC_AUTOSTART,
+  CLIENT_EXEC_SERVICE,
   encodeExecParams,
   encodeFrame,
   FrameParser,
@@ -22,7 +23,9 @@ export interface ExecRequest {
   readonly target: string;
   /** null: the qube's default user. */
   readonly user: string | null;
+  /** A shell command line, or with `service` a `SERVICE+ARG` to call. */
   readonly command: string;
+  readonly service?: boolean;
   readonly autostart: boolean;
   /** Run without passing I/O: the call returns once the command started. */
   readonly detached?: boolean;
@@ -40,7 +43,8 @@ export function execInQube(req: ExecRequest): Promise<number> {
     const parser = new FrameParser();
     let exitCode: number | undefined;
     let stdinDone = false;
-    const flags = (req.autostart ? CLIENT_EXEC_AUTOSTART : 0) | (req.detached === true ? MSG_JUST_EXEC_FLAG : 0);
+    const flags = (req.autostart ? CLIENT_EXEC_AUTOSTART : 0) | (req.detached === true ? MSG_JUST_EXEC_FLAG : 0)
+      | (req.service === true ? CLIENT_EXEC_SERVICE : 0);
     sock.on('connect', () => {
       sock.write(encodeFrame(MSG_CLIENT_EXEC, encodeExecParams(flags, 0, `${req.target} ${req.user ?? ''}:${req.command}`)));
       const input = req.stdin;

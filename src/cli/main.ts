@@ -25,6 +25,8 @@ const COMMANDS: ReadonlyMap<string, Loader> = new Map<string, Loader>([
   ['qvm-run', async () => (await import('./commands/run.js')).qvmRun],
   ['qvm-volume', async () => (await import('./commands/volume.js')).qvmVolume],
   ['template', async () => (await import('./commands/template.js')).template],
+  ['ask', async () => (await import('./commands/ask.js')).ask],
+  ['policy', async () => (await import('./commands/policy.js')).policy],
 ]);
 
 function usage(): string {

@@ -9,7 +9,11 @@ import { defineDefaultQubes } from './defaults.js';
 import { Lifecycle } from './lifecycle.js';
 import { execSocketPath, ExecServer } from './exec-server.js';
 import { DataDirLock } from './lock.js';
-import { AdminServer } from './server.js';
+import { AdminDispatcher, AdminServer, type ServerDeps } from './server.js';
+import { AskBroker, DEFAULT_ASK_TIMEOUT_MS, type PromptProvider } from './ask.js';
+import { PolicyStore } from './policy-store.js';
+import { QrexecRouter } from './router.js';
+import path from 'node:path';
 
 export const DEFAULT_DATA_DIR = '/var/lib/bulkhead';
 export const DEFAULT_SOCKET = '/run/bulkhead/qubesd.sock';
@@ -27,11 +31,16 @@ export interface DaemonOptions {
   readonly makeBackends?: () => Promise<ReadonlyMap<BackendKind, HypervisorBackend>>;
   /** Define the default qubes when the data dir holds no registry yet. */
   readonly defaultQubes?: boolean;
+  /** How long a qrexec ask waits for an answer before it is denied. */
+  readonly askTimeoutMs?: number;
+  /** Where asks are shown besides `bulkhead ask list` (the daemon's terminal). */
+  readonly promptProvider?: PromptProvider;
 }
 
 export interface RunningDaemon {
   readonly registry: Registry;
   readonly lifecycle: Lifecycle;
+  readonly router: QrexecRouter;
   close(): Promise<void>;
 }
 
@@ -49,13 +58,25 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     }
     const backends = opts.makeBackends ? await opts.makeBackends() : (opts.backends ?? new Map<BackendKind, HypervisorBackend>());
     const lifecycle = new Lifecycle(registry, backends, opts.log);
-    const server = new AdminServer({ registry, lifecycle, log: opts.log });
+    const policy = await PolicyStore.open(path.join(opts.dataDir, 'policy.d'), opts.log);
+    const asks = new AskBroker(opts.log, opts.askTimeoutMs ?? DEFAULT_ASK_TIMEOUT_MS);
+    if (opts.promptProvider) asks.addProvider(opts.promptProvider);
+    // The router serves the Admin API's ask/policy methods and uses the same dispatcher for
+    // qubes' admin.* calls: the dispatcher's deps reach the router lazily.
+    const holder: { router?: QrexecRouter } = {};
+    const deps: ServerDeps = { registry, lifecycle, log: opts.log, get qrexec() { return holder.router; } };
+    const qrexec = new QrexecRouter({ registry, lifecycle, policy, asks, dispatcher: new AdminDispatcher(deps), log: opts.log });
+    holder.router = qrexec;
+    lifecycle.onServiceRequest((r) => { qrexec.handle(r); });
+    const server = new AdminServer(deps);
     const execServer = new ExecServer(lifecycle, opts.log);
     try {
       await server.listen(opts.socketPath);
       await execServer.listen(execSocketPath(opts.socketPath));
     } catch (err) {
       await server.close();
+      qrexec.close();
+      policy.close();
       await lifecycle.close();
       throw err;
     }
@@ -64,10 +85,13 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     return {
       registry,
       lifecycle,
+      router: qrexec,
       close: () => {
         closing ??= (async () => {
           await server.close();
           await execServer.close();
+          qrexec.close();
+          policy.close();
           await lifecycle.close();
           await lock.release();
           opts.log.info('daemon stopped');

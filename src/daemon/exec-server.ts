@@ -9,7 +9,16 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { QubesError } from '../core/errors.js';
 import { onFirstFrame } from '../hal/channel.js';
-import { CLIENT_EXEC_AUTOSTART, encodeFinish, MSG_CLIENT_EXEC, MSG_JUST_EXEC_FLAG, parseExecParams } from '../protocol/qrexec.js';
+import {
+  CLIENT_EXEC_AUTOSTART,
+  CLIENT_EXEC_SERVICE,
+  encodeFinish,
+  formatServiceCommand,
+  isValidServiceAndArg,
+  MSG_CLIENT_EXEC,
+  MSG_JUST_EXEC_FLAG,
+  parseExecParams,
+} from '../protocol/qrexec.js';
 import type { Lifecycle } from './lifecycle.js';
 import { clearSocketPath, listenWithUmask } from '../hal/unix-listen.js';
 
@@ -66,8 +75,13 @@ export class ExecServer {
       if (space <= 0 || colon < 0) throw new QubesError('QubesException', 'malformed exec request');
       const target = params.cmdline.slice(0, space);
       const user = params.cmdline.slice(space + 1, colon);
-      const command = params.cmdline.slice(colon + 1);
+      let command = params.cmdline.slice(colon + 1);
       const flags = params.connectDomain;
+      if ((flags & CLIENT_EXEC_SERVICE) !== 0) {
+        // qvm-run --service: the admin domain calls a service; no policy (dom0 is trusted).
+        if (!isValidServiceAndArg(command)) throw new QubesError('QubesValueError', `invalid service name: '${command}'`);
+        command = formatServiceCommand({ serviceAndArg: command, source: 'dom0', requestedTarget: { type: 'name', value: target } });
+      }
       remote = await this.#lifecycle.exec(target, user === '' ? null : user, command, (flags & CLIENT_EXEC_AUTOSTART) !== 0, (flags & MSG_JUST_EXEC_FLAG) !== 0);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);

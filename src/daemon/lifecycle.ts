@@ -10,7 +10,7 @@ import type { Registry } from '../core/registry.js';
 import crypto from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
-import type { BackendKind, HypervisorBackend, PowerState, QubeLaunchSpec, RootImport, VolumeInfo, VolumeManager, VolumeOwner } from '../hal/types.js';
+import type { BackendKind, HypervisorBackend, PowerState, QubeLaunchSpec, RootImport, ServiceRequest, VolumeInfo, VolumeManager, VolumeOwner } from '../hal/types.js';
 import { ShutdownTimeout } from '../hal/types.js';
 
 export interface ShutdownOptions {
@@ -50,6 +50,14 @@ export class Lifecycle {
           if (q) this.#emitStopped(q, n.reason);
         }),
       );
+    }
+  }
+
+  /** Service calls made by qubes on any backend (qrexec). */
+  onServiceRequest(listener: (r: ServiceRequest) => void): void {
+    for (const backend of this.#backends.values()) {
+      const unsubscribe = backend.onServiceRequest?.(listener);
+      if (unsubscribe) this.#unsubscribers.push(unsubscribe);
     }
   }
 

@@ -19,6 +19,38 @@ export interface CallContext {
   readonly dest: QubeRecord;
   readonly arg: string;
   readonly untrustedPayload: Buffer;
+  readonly qrexec?: QrexecAdmin | undefined;
+  /** Set for a call from a qube (qrexec): the qubes it may see in admin.vm.List / admin.Events. */
+  readonly visible?: ((q: QubeRecord) => boolean) | undefined;
+}
+
+/** A pending ask (qrexec `ask` action) as the admin domain sees it. */
+export interface PendingAsk {
+  readonly id: string;
+  readonly source: string;
+  readonly service: string;
+  /** `+ARG`, or `+` for none. */
+  readonly argument: string;
+  readonly targets: readonly string[];
+  readonly defaultTarget: string | null;
+  /** Seconds until it is denied unanswered. */
+  readonly expiresIn: number;
+}
+
+export type AskAnswer = { readonly allow: true; readonly target: string } | { readonly allow: false };
+
+/** What the admin-only Bulkhead methods need from qrexec. */
+export interface QrexecAdmin {
+  /** The policy's view of the system (Qubes' system-info shape), as JSON-able data. */
+  systemInfo(): unknown;
+  asks(): readonly PendingAsk[];
+  /** Throws QubesError for an unknown id or a target not offered. */
+  answerAsk(id: string, answer: AskAnswer): void;
+}
+
+function qrexecOf(c: CallContext): QrexecAdmin {
+  if (c.qrexec === undefined) throw new QubesError('QubesException', 'qrexec is not running in this daemon');
+  return c.qrexec;
 }
 
 /** Stream methods push events until the client goes away; they return an unsubscribe. */
@@ -135,7 +167,8 @@ const METHOD_LIST: readonly MethodDecl[] = [
   { name: 'admin.vm.List', scope: 'read', dest: 'any', arg: 'none', payload: 'none',
     help: '`NAME class=CLASS state=STATE uuid=UUID` per qube (all for dom0, else only the destination).',
     handler: (c) => {
-      const qubes = c.dest.klass === 'AdminVM' ? c.registry.list() : [c.dest];
+      const visible = c.visible ?? (() => true);
+      const qubes = c.dest.klass === 'AdminVM' ? c.registry.list().filter(visible) : [c.dest];
       return qubes.map((q) => `${q.name} class=${q.klass} state=${c.lifecycle.powerState(q.name)} uuid=${q.uuid}\n`).join('');
     } },
   ...QUBE_CLASSES.filter((k) => k !== 'AdminVM').map(
@@ -225,10 +258,36 @@ const METHOD_LIST: readonly MethodDecl[] = [
     stream: (c, sink) => {
       // Follow the qube by uuid: a rename must not silence its stream.
       const only = c.dest.klass === 'AdminVM' ? undefined : c.dest.uuid;
+      const visible = c.visible;
+      // A qube's stream shows only events about qubes policy lets it see (a global event
+      // naming a qube in `vm`, like domain-add, counts as about that qube).
+      const shown = (e: RegistryEvent): boolean => {
+        if (visible === undefined) return true;
+        const about = e.subject !== '' ? e.subject : e.kwargs.find(([k]) => k === 'vm')?.[1];
+        if (about === undefined) return true;
+        const q = c.registry.state.qubes.get(about);
+        return q !== undefined && visible(q);
+      };
       sink({ subject: '', event: 'connection-established', kwargs: [] });
       return c.registry.subscribe((e) => {
-        if (only === undefined || c.registry.state.qubes.get(e.subject)?.uuid === only) sink(e);
+        if ((only === undefined || c.registry.state.qubes.get(e.subject)?.uuid === only) && shown(e)) sink(e);
       });
+    } },
+  { name: 'bulkhead.policy.SystemInfo', scope: 'read', dest: 'adminvm', arg: 'none', payload: 'none',
+    help: 'Bulkhead, admin domain only: the qrexec policy\'s view of the qubes as JSON in Qubes\' system-info shape (`bulkhead policy eval`).',
+    handler: (c) => `${JSON.stringify(qrexecOf(c).systemInfo())}\n` },
+  { name: 'bulkhead.ask.List', scope: 'read', dest: 'adminvm', arg: 'none', payload: 'none',
+    help: 'Bulkhead, admin domain only: pending qrexec asks, one per line: `ID source=S service=SVC argument=+ARG targets=A,B default_target=T expires_in=SECONDS`.',
+    handler: (c) => lines(qrexecOf(c).asks().map((a) =>
+      `${a.id} source=${a.source} service=${a.service} argument=${a.argument} targets=${a.targets.join(',')} default_target=${a.defaultTarget ?? ''} expires_in=${a.expiresIn}`)) },
+  { name: 'bulkhead.ask.Answer', scope: 'write', dest: 'adminvm', arg: 'required', payload: 'required',
+    help: 'Bulkhead, admin domain only: answers the pending ask named by the argument; payload `allow TARGET` or `deny`.',
+    handler: (c) => {
+      const text = asciiPayload(c);
+      const m = /^(?:allow ([A-Za-z0-9_.:@-]{1,64})|deny)$/.exec(text);
+      if (m === null) throw new QubesError('QubesValueError', 'The answer must be `allow TARGET` or `deny`');
+      qrexecOf(c).answerAsk(c.arg, m[1] === undefined ? { allow: false } : { allow: true, target: m[1] });
+      return undefined;
     } },
 ];
 

@@ -17,8 +17,9 @@ import {
   parseAdminRequest,
   type AdminRequest,
 } from '../protocol/admin-wire.js';
+import type { QubeRecord } from '../core/model.js';
 import type { Lifecycle } from './lifecycle.js';
-import { METHODS, type CallContext, type MethodDecl } from './methods.js';
+import { METHODS, type CallContext, type MethodDecl, type QrexecAdmin } from './methods.js';
 import { clearSocketPath, listenWithUmask } from '../hal/unix-listen.js';
 
 /** A client must finish sending its request (half-close) within this time. */
@@ -32,10 +33,13 @@ export interface ServerDeps {
   readonly registry: Registry;
   readonly lifecycle: Lifecycle;
   readonly log: Logger;
+  /** qrexec's admin-side services (asks, policy); absent in tests that need none. */
+  readonly qrexec?: QrexecAdmin;
 }
 
 export class AdminServer {
   readonly #deps: ServerDeps;
+  readonly #dispatcher: AdminDispatcher;
   readonly #server: net.Server;
   readonly #sockets = new Set<net.Socket>();
   #path: string | undefined;
@@ -44,6 +48,7 @@ export class AdminServer {
 
   constructor(deps: ServerDeps) {
     this.#deps = deps;
+    this.#dispatcher = new AdminDispatcher(deps);
     this.#server = net.createServer({ allowHalfOpen: true }, (socket) => {
       this.#handle(socket);
     });
@@ -111,41 +116,94 @@ export class AdminServer {
     });
   }
 
-  async #dispatch(socket: net.Socket, req: AdminRequest): Promise<void> {
+  #dispatch(socket: net.Socket, req: AdminRequest): Promise<void> {
+    return this.#dispatcher.dispatch(req, socketOutput(socket));
+  }
+}
+
+/** Where a call's reply goes: the Admin API socket, or a qube's qrexec connection. */
+export interface CallOutput {
+  /** The one reply of a plain call (an encoded OK or exception), then the end. */
+  end(reply: Buffer): void;
+  /** Drops the call without a reply (protocol error, permission denied). */
+  abort(): void;
+  /** An encoded event of a stream. */
+  write(bytes: Buffer): void;
+  /** Bytes written but not yet taken by the consumer. */
+  pendingBytes(): number;
+  onClose(fn: () => void): void;
+  readonly closed: boolean;
+}
+
+function socketOutput(socket: net.Socket): CallOutput {
+  return {
+    end: (reply) => { socket.end(reply); },
+    abort: () => { socket.destroy(); },
+    write: (bytes) => { socket.write(bytes); },
+    pendingBytes: () => socket.writableLength,
+    onClose: (fn) => { socket.on('close', fn); },
+    get closed() { return socket.destroyed; },
+  };
+}
+
+/** A call made by a qube through qrexec (admin.* service), allowed by policy. */
+export interface QubeCaller {
+  readonly qube: QubeRecord;
+  /** Which qubes this caller may see in admin.vm.List and admin.Events (policy, as in Qubes). */
+  readonly visible: (q: QubeRecord) => boolean;
+}
+
+/** Checks a request against its method's declaration and runs it; shared by the socket and qrexec. */
+export class AdminDispatcher {
+  readonly #deps: ServerDeps;
+
+  constructor(deps: ServerDeps) {
+    this.#deps = deps;
+  }
+
+  async dispatch(req: AdminRequest, out: CallOutput, caller?: QubeCaller): Promise<void> {
     const { log } = this.#deps;
     const started = process.hrtime.bigint();
     try {
-      const { ctx, decl } = this.#context(req);
+      const { ctx, decl } = this.#context(req, caller);
       if (decl.stream) {
-        this.#stream(socket, decl.stream, ctx);
+        this.#stream(out, decl.stream, ctx);
         return;
       }
       const result = await decl.handler?.(ctx);
-      socket.end(encodeOk(result));
-      log.debug({ method: req.method, dest: req.dest, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'call');
+      out.end(encodeOk(result));
+      log.debug({ method: req.method, dest: req.dest, source: ctx.source.name, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'call');
     } catch (err) {
       if (err instanceof QubesError) {
         log.info({ method: req.method, dest: req.dest, type: err.type, reason: err.message }, 'call failed');
-        socket.end(encodeException(err.type, err.message));
+        out.end(encodeException(err.type, err.message));
       } else if (err instanceof ProtocolError || err instanceof PermissionDenied) {
         log.warn({ method: req.method, arg: req.arg, dest: req.dest, reason: err.message }, `${err.name}; connection aborted`);
-        socket.destroy();
+        out.abort();
       } else {
         log.error({ method: req.method, err }, 'internal error; connection aborted');
-        socket.destroy();
+        out.abort();
       }
     }
   }
 
   /** Resolves source and destination and checks the request shape against the declaration. */
-  #context(req: AdminRequest): { ctx: CallContext; decl: MethodDecl } {
-    const { registry, lifecycle } = this.#deps;
+  #context(req: AdminRequest, caller: QubeCaller | undefined): { ctx: CallContext; decl: MethodDecl } {
+    const { registry, lifecycle, qrexec } = this.#deps;
     const decl = METHODS.get(req.method);
     if (!decl) throw new ProtocolError(`no such method: '${req.method}'`);
-    const source = registry.resolve(req.source);
-    // The local socket is root-only and speaks for the admin domain. Calls from qubes arrive
-    // through qrexec and policy (a later issue), never here.
-    if (source.klass !== 'AdminVM') throw new PermissionDenied('only dom0 may use the local Admin API socket');
+    let source;
+    if (caller === undefined) {
+      source = registry.resolve(req.source);
+      // The local socket is root-only and speaks for the admin domain. Qubes' calls arrive
+      // through qrexec and policy, with the caller set by the router.
+      if (source.klass !== 'AdminVM') throw new PermissionDenied('only dom0 may use the local Admin API socket');
+    } else {
+      source = caller.qube;
+      // Bulkhead's own methods (host paths, ask answers, policy internals) are for the admin
+      // domain only, whatever a policy says.
+      if (!decl.name.startsWith('admin.')) throw new PermissionDenied(`${decl.name} is not available to qubes`);
+    }
     let dest;
     if (req.destType === 'keyword') {
       if (req.dest !== 'adminvm') throw new ProtocolError(`unknown destination keyword '${req.dest}'`);
@@ -161,27 +219,30 @@ export class AdminServer {
     if (decl.arg === 'required' && req.arg === '') throw new ProtocolError('expected an argument');
     if (decl.payload === 'none' && req.payload.length > 0) throw new ProtocolError('unexpected payload');
     if (decl.payload === 'required' && req.payload.length === 0) throw new ProtocolError('expected payload');
-    return { ctx: { registry, lifecycle, source, dest, arg: req.arg, untrustedPayload: req.payload }, decl };
+    return {
+      ctx: { registry, lifecycle, qrexec, source, dest, arg: req.arg, untrustedPayload: req.payload, visible: caller?.visible },
+      decl,
+    };
   }
 
-  #stream(socket: net.Socket, stream: NonNullable<MethodDecl['stream']>, ctx: CallContext): void {
+  #stream(out: CallOutput, stream: NonNullable<MethodDecl['stream']>, ctx: CallContext): void {
     let unsubscribe: (() => void) | undefined;
     const stop = (): void => {
       unsubscribe?.();
       unsubscribe = undefined;
     };
-    socket.on('close', stop);
+    out.onClose(stop);
     // The client ends the stream by closing; a half-closed socket here already sent its FIN.
     unsubscribe = stream(ctx, (e) => {
-      if (socket.destroyed) return;
-      if (socket.writableLength > MAX_PENDING_EVENT_BYTES) {
+      if (out.closed) return;
+      if (out.pendingBytes() > MAX_PENDING_EVENT_BYTES) {
         this.#deps.log.warn('event client too slow; disconnected');
-        socket.destroy();
+        out.abort();
         return;
       }
-      socket.write(encodeEvent(e.subject, e.event, e.kwargs));
+      out.write(encodeEvent(e.subject, e.event, e.kwargs));
     });
-    if (socket.destroyed) stop();
+    if (out.closed) stop();
   }
 }
 

@@ -419,9 +419,7 @@ describe('qube channel: service calls from the qube', { timeout: 15_000 }, () =>
     assert.doesNotThrow(() => { two.reply.refuse(); });
   });
 
-  test('the agent closing its control connection fires onDisconnect without waiting for a write by the daemon', {
-    todo: 'bug: src/hal/channel.ts: the server is allowHalfOpen and the control connection has no \'end\' handler, so an agent hang-up goes unnoticed until the daemon writes',
-  }, async (t) => {
+  test('the agent closing its control connection fires onDisconnect without waiting for a write by the daemon', async (t) => {
     const r = await ready(t);
     r.a.s.write(triggerFrame('vault', 'one', 'a'));
     const one = await r.nextCall();

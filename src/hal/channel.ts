@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import {
   encodeExecParams,
+  encodeServiceRefused,
   encodeFrame,
   encodeHello,
   FrameParser,
@@ -18,11 +19,16 @@ import {
   MSG_EXEC_CMDLINE,
   MSG_HELLO,
   MSG_JUST_EXEC,
+  MSG_SERVICE_CONNECT,
+  MSG_SERVICE_REFUSED,
   MSG_SHUTDOWN,
+  MSG_TRIGGER_SERVICE3,
   parseDataConnect,
   parseHello,
+  parseTrigger,
   QREXEC_PROTOCOL_VERSION,
   type Frame,
+  type ServiceTrigger,
 } from '../protocol/qrexec.js';
 import { clearSocketPath, listenWithUmask } from './unix-listen.js';
 
@@ -34,6 +40,17 @@ const MAX_UNIDENTIFIED = 16;
 const MAX_PENDING_EXEC = 256;
 /** How long the agent has to open the data connection of a command. */
 const EXEC_CONNECT_TIMEOUT_MS = 10_000;
+/** Service calls a qube may have waiting for an answer (policy, ask, target start) at once. */
+export const MAX_PENDING_TRIGGERS = 32;
+
+/**
+ * The answer to one service call a qube asked for: exactly one of connect() or refuse() counts.
+ * connect() sends SERVICE_CONNECT and resolves with the caller's data connection (paused).
+ */
+export interface TriggerReply {
+  connect(): Promise<net.Socket>;
+  refuse(): void;
+}
 
 /**
  * Reads the first frame of a connection (untrusted, length-checked), then stops reading and hands
@@ -82,6 +99,9 @@ export class QubeChannel {
   readonly #pending = new Map<number, PendingExec>();
   #helloWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   readonly #closeListeners = new Set<() => void>();
+  #triggerHandler: ((t: ServiceTrigger, reply: TriggerReply) => void) | undefined;
+  /** Request ids of this start's calls that have not been answered yet. */
+  readonly #openTriggers = new Set<string>();
   #closed = false;
   /** One control connection per qube start: once it closed, the agent is gone for good. */
   #hadControl = false;
@@ -152,16 +172,21 @@ export class QubeChannel {
     this.#control = sock;
     this.#hadControl = true;
     sock.write(encodeHello(QREXEC_PROTOCOL_VERSION));
-    // The agent sends nothing else on the control connection yet (service triggers come with
-    // the qrexec router); anything beyond the cap closes it.
+    // After HELLO the agent sends only service calls (TRIGGER_SERVICE3). Anything else, or a
+    // malformed frame, closes the control connection: only this qube's own calls suffer.
     const parser = new FrameParser();
     sock.on('data', (untrustedChunk: Buffer) => {
       try {
-        parser.push(untrustedChunk);
+        for (const f of parser.push(untrustedChunk)) {
+          if (f.type !== MSG_TRIGGER_SERVICE3) throw new ChannelError(`unexpected frame 0x${f.type.toString(16)} on the control connection`);
+          this.#onTrigger(sock, parseTrigger(f.payload));
+        }
       } catch {
         sock.destroy();
       }
     });
+    // The agent never half-closes its control connection: its end means the agent is gone.
+    sock.once('end', () => { sock.destroy(); });
     sock.resume();
     sock.once('close', () => {
       this.#control = undefined;
@@ -170,11 +195,45 @@ export class QubeChannel {
         p.reject(new ChannelError('the qube\'s agent disconnected'));
       }
       this.#pending.clear();
+      this.#openTriggers.clear();
       for (const l of this.#closeListeners) l();
     });
     const waiters = this.#helloWaiters;
     this.#helloWaiters = [];
     for (const w of waiters) w.resolve();
+  }
+
+  #onTrigger(control: net.Socket, t: ServiceTrigger): void {
+    const refuse = (): void => { if (!control.destroyed) control.write(encodeFrame(MSG_SERVICE_REFUSED, encodeServiceRefused(t.requestId))); };
+    const handler = this.#triggerHandler;
+    if (handler === undefined || this.#openTriggers.has(t.requestId) || this.#openTriggers.size >= MAX_PENDING_TRIGGERS) {
+      refuse();
+      return;
+    }
+    this.#openTriggers.add(t.requestId);
+    let answered = false;
+    const answer = (): void => {
+      if (answered) throw new ChannelError('this service call was already answered');
+      answered = true;
+      this.#openTriggers.delete(t.requestId);
+    };
+    handler(t, {
+      refuse: () => {
+        if (answered) return;
+        answer();
+        if (control === this.#control) refuse();
+      },
+      connect: () => {
+        answer();
+        if (control !== this.#control) return Promise.reject(new ChannelError('the calling qube\'s agent went away'));
+        return this.#openData(MSG_SERVICE_CONNECT, 0, t.requestId);
+      },
+    });
+  }
+
+  /** Receives the service calls this qube asks for; the handler must answer each (connect or refuse). */
+  onServiceRequest(handler: (t: ServiceTrigger, reply: TriggerReply) => void): void {
+    this.#triggerHandler = handler;
   }
 
   #onData(sock: net.Socket, untrustedPort: number, leftover: Buffer): void {
@@ -220,18 +279,29 @@ export class QubeChannel {
    * comes paused: pipe() it or resume() it once listening.
    */
   exec(cmdline: string, justExec = false): Promise<net.Socket> {
+    return this.#openData(justExec ? MSG_JUST_EXEC : MSG_EXEC_CMDLINE, 0, cmdline);
+  }
+
+  /** Sends `type` with exec params naming a fresh port; resolves with the data connection the agent opens for it. */
+  #openData(type: number, connectDomain: number, cmdline: string): Promise<net.Socket> {
     const control = this.#control;
     if (control === undefined || control.destroyed) return Promise.reject(new ChannelError('the qube\'s agent is not connected'));
     if (this.#pending.size >= MAX_PENDING_EXEC) return Promise.reject(new ChannelError('too many commands waiting for the qube'));
     const port = this.#nextPort;
     this.#nextPort = this.#nextPort >= 0x7fffffff ? 1 : this.#nextPort + 1;
+    let frame: Buffer;
+    try {
+      frame = encodeFrame(type, encodeExecParams(connectDomain, port, cmdline));
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new ChannelError(String(err)));
+    }
     return new Promise<net.Socket>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(port);
         reject(new ChannelError('the qube\'s agent did not answer the command'));
       }, EXEC_CONNECT_TIMEOUT_MS);
       this.#pending.set(port, { resolve, reject, timer });
-      control.write(encodeFrame(justExec ? MSG_JUST_EXEC : MSG_EXEC_CMDLINE, encodeExecParams(0, port, cmdline)));
+      control.write(frame);
     });
   }
 

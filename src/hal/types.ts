@@ -3,6 +3,7 @@
 // and the `vm` backend (QEMU) implement this in later issues; `fake.ts` is the unit-test double.
 
 import type { Duplex } from 'node:stream';
+import type { ServiceTrigger } from '../protocol/qrexec.js';
 
 export type BackendKind = 'container' | 'vm';
 
@@ -102,6 +103,19 @@ export interface QubeNotice {
   readonly detail: string;
 }
 
+/**
+ * A service call a running qube asked for (TRIGGER_SERVICE3 on its channel). `source` is the
+ * qube the channel belongs to, never anything the qube said; the trigger's fields are
+ * charset-checked but otherwise untrusted. Answer exactly once: connect() or refuse().
+ */
+export interface ServiceRequest {
+  readonly source: string;
+  readonly trigger: ServiceTrigger;
+  /** Tells the caller to go ahead; resolves with its data connection (paused). */
+  connect(): Promise<Duplex>;
+  refuse(): void;
+}
+
 export interface HypervisorBackend {
   readonly kind: BackendKind;
   readonly capabilities: BackendCapabilities;
@@ -129,6 +143,8 @@ export interface HypervisorBackend {
   onExit(listener: (notice: ExitNotice) => void): () => void;
   /** Notices about running qubes (optional: a backend that cannot tell has none). */
   onNotice?(listener: (notice: QubeNotice) => void): () => void;
+  /** Service calls made by qubes (qrexec); a backend without a listener refuses them. */
+  onServiceRequest?(listener: (request: ServiceRequest) => void): () => void;
   /** Stops or re-adopts everything on daemon shutdown; no orphaned processes or mounts. */
   close(): Promise<void>;
 }

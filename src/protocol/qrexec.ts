@@ -362,6 +362,12 @@ export interface ServiceCall {
 }
 
 const QUBESRPC_WORD_RE = /^[A-Za-z0-9_.:@+-]+$/;
+/** The keywords a requested target may be given as. */
+const TARGET_KEYWORDS: ReadonlySet<string> = new Set(['default', 'dispvm', 'adminvm']);
+
+function checkRequestedTarget(t: { readonly type: string; readonly value: string }): boolean {
+  return t.type === 'name' ? QUBESRPC_WORD_RE.test(t.value) : t.type === 'keyword' && TARGET_KEYWORDS.has(t.value);
+}
 
 export function formatServiceCall(c: ServiceCall): string {
   return `${c.user}:${formatServiceCommand(c)}`;
@@ -369,9 +375,8 @@ export function formatServiceCall(c: ServiceCall): string {
 
 /** The command part (after `USER:`) of a service call: `QUBESRPC SERVICE+ARG SOURCE TYPE VALUE`. */
 export function formatServiceCommand(c: Omit<ServiceCall, 'user'>): string {
-  for (const w of [c.source, c.requestedTarget.value]) {
-    if (!QUBESRPC_WORD_RE.test(w)) throw new RangeError(`invalid word in a service call: ${JSON.stringify(w)}`);
-  }
+  if (!QUBESRPC_WORD_RE.test(c.source)) throw new RangeError(`invalid source in a service call: ${JSON.stringify(c.source)}`);
+  if (!checkRequestedTarget(c.requestedTarget)) throw new RangeError(`invalid requested target: ${JSON.stringify(c.requestedTarget)}`);
   if (!isValidServiceAndArg(c.serviceAndArg)) throw new RangeError(`invalid service name: ${JSON.stringify(c.serviceAndArg)}`);
   return `QUBESRPC ${c.serviceAndArg} ${c.source} ${c.requestedTarget.type} ${c.requestedTarget.value}`;
 }
@@ -389,7 +394,8 @@ export function parseServiceCommand(command: string): Omit<ServiceCall, 'user'> 
   if (words.length !== 4 || serviceAndArg === undefined || source === undefined || value === undefined) {
     throw new QrexecProtocolError('malformed QUBESRPC command');
   }
-  if (!isValidServiceAndArg(serviceAndArg) || !QUBESRPC_WORD_RE.test(source) || !QUBESRPC_WORD_RE.test(value) || (type !== 'name' && type !== 'keyword')) {
+  if (!isValidServiceAndArg(serviceAndArg) || !QUBESRPC_WORD_RE.test(source) || (type !== 'name' && type !== 'keyword')
+    || !checkRequestedTarget({ type, value })) {
     throw new QrexecProtocolError('malformed QUBESRPC command');
   }
   return { serviceAndArg, source, requestedTarget: { type, value } };

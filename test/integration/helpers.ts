@@ -199,12 +199,15 @@ export interface SpawnDaemonOptions {
   readonly socketPath: string;
   readonly defaultQubes?: boolean;
   readonly env?: Readonly<Record<string, string>>;
+  /** More `bulkhead daemon` options (e.g. `--ask-timeout 2`). */
+  readonly args?: readonly string[];
 }
 
 /** Starts `bulkhead daemon` and returns at once (see waitForDaemon). */
 export function spawnDaemon(opts: SpawnDaemonOptions): DaemonProcess {
   const args = [BULKHEAD, 'daemon', '--data-dir', opts.dataDir, '--socket', opts.socketPath];
   if (opts.defaultQubes === true) args.push('--default-qubes');
+  args.push(...(opts.args ?? []));
   const { child, out, err } = spawnNode(args, childEnv(undefined, opts.env));
   child.stdin.end(); // the daemon reads nothing
   let status: ExitStatus | undefined;
@@ -309,6 +312,7 @@ export interface StartOptions {
   /** When given, the daemon is stopped and its temp dir removed after this test. */
   readonly t?: TestContext;
   readonly env?: Readonly<Record<string, string>>;
+  readonly args?: readonly string[];
 }
 
 /** A daemon in its own temp dir: `<tmp>/data` and `<tmp>/run/qubesd.sock`. */
@@ -355,6 +359,7 @@ export class Daemon {
       socketPath: this.socketPath,
       defaultQubes: this.#opts.defaultQubes === true,
       ...(this.#opts.env ? { env: this.#opts.env } : {}),
+      ...(this.#opts.args ? { args: this.#opts.args } : {}),
     });
     await waitForDaemon(this.#proc, this.socketPath);
   }

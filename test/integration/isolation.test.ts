@@ -443,7 +443,8 @@ describe('qube isolation: attacks from inside a qube, as its root', { skip: NO_P
       assert.equal(get(kv, `connect:${p}`), 'ENOENT');
       assert.equal(get(kv, `connect-proc:${p}`), 'ENOENT');
     }
-    assert.equal(get(kv, 'sockets'), '["/run/bulkhead/qrexec.sock"]');
+    // The channel (bound from the host) and the agent's own socket on the qube's /run tmpfs.
+    assert.equal(get(kv, 'sockets'), '["/run/bulkhead/qrexec.sock","/run/qubes/qrexec-agent"]');
     assert.equal(get(kv, 'channel-source'), path.join(h.daemon.dataDir, 'vm', attackerUuid, 'run', 'qrexec.sock'));
   });
 

@@ -4,7 +4,7 @@
 // containers of a daemon that died hard are reaped by Daemon.stop).
 import path from 'node:path';
 import { after, before, type TestContext } from 'node:test';
-import { Daemon, startDaemon, waitFor, type RunOptions, type RunResult } from './helpers.js';
+import { Daemon, startDaemon, waitFor, type RunOptions, type RunResult, type StartOptions } from './helpers.js';
 
 export interface QubeRunOptions {
   readonly user?: string;
@@ -80,10 +80,10 @@ export class QubeHost {
  * One daemon with a host template `tpl` and the given AppVMs for a whole describe block,
  * stopped (with every qube) in after(), even when tests fail.
  */
-export function suiteQubes(appvms: readonly string[] = [], opts: { start?: boolean } = {}): () => QubeHost {
+export function suiteQubes(appvms: readonly string[] = [], opts: { start?: boolean; daemon?: Omit<StartOptions, 't'> } = {}): () => QubeHost {
   let host: QubeHost | undefined;
   before(async () => {
-    const daemon = await startDaemon();
+    const daemon = await startDaemon(opts.daemon);
     host = new QubeHost(daemon);
     await host.ok('bulkhead', ['template', 'build', 'host', 'tpl']);
     for (const vm of appvms) await host.ok('qvm-create', ['-t', 'tpl', '-l', 'red', vm]);

@@ -15,6 +15,7 @@ import type {
   PowerState,
   QubeLaunchSpec,
   QubeNotice,
+  ServiceRequest,
   QubeStats,
 } from '../types.js';
 import { cgroupUsage, detectCgroupMode, type CgroupMode } from './cgroups.js';
@@ -116,6 +117,7 @@ export class ContainerBackend implements HypervisorBackend {
   readonly #starting = new Map<string, { abort: AbortController; done: Promise<void> }>();
   readonly #listeners = new Set<(n: ExitNotice) => void>();
   readonly #noticeListeners = new Set<(n: QubeNotice) => void>();
+  readonly #serviceListeners = new Set<(r: ServiceRequest) => void>();
   readonly #watchdog: NodeJS.Timeout;
   #closed = false;
 
@@ -262,6 +264,14 @@ export class ContainerBackend implements HypervisorBackend {
 
       fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
       channel = await QubeChannel.listen(paths.socket, base, base);
+      channel.onServiceRequest((trigger, reply) => {
+        const listener = [...this.#serviceListeners][0];
+        if (listener === undefined) {
+          reply.refuse();
+          return;
+        }
+        listener({ source: spec.name, trigger, connect: () => reply.connect(), refuse: () => { reply.refuse(); } });
+      });
       const config = buildOciConfig({
         spec,
         top,
@@ -375,6 +385,11 @@ export class ContainerBackend implements HypervisorBackend {
     q.oomKills = kills;
     this.#log.warn({ qube: q.name, oomKills: kills }, 'out of memory inside the qube');
     for (const l of this.#noticeListeners) l({ name: q.name, event: 'out-of-memory', detail });
+  }
+
+  onServiceRequest(listener: (request: ServiceRequest) => void): () => void {
+    this.#serviceListeners.add(listener);
+    return () => this.#serviceListeners.delete(listener);
   }
 
   onNotice(listener: (notice: QubeNotice) => void): () => void {
