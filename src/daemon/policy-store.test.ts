@@ -68,6 +68,8 @@ test('open creates the directory (0755), installs the package default policy and
   assert.deepEqual(store.errors(), []);
   const date = store.evaluate(req('qubes.GetDate', ''), SYS);
   assert.equal(date.result === 'allow' ? date.target : date.result, 'dom0');
+  const dateFromDom0 = store.evaluate(req('qubes.GetDate', 'dom0'), SYS);
+  assert.equal(dateFromDom0.result === 'allow' ? dateFromDom0.target : dateFromDom0.result, 'dom0');
   assert.equal(store.evaluate(req('qubes.VMShell'), SYS).result, 'deny');
   assert.equal(store.evaluate(req('admin.vm.List', 'dom0'), SYS).result, 'deny');
   const inDispvm = store.evaluate(req('qubes.OpenInVM', '@dispvm'), SYS);

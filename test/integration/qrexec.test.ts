@@ -84,6 +84,15 @@ void describe('qrexec between qubes', { timeout: 300_000 }, () => {
     assert.equal((await call(h, 'qa', 'qb test.Echo')).code, 126);
   });
 
+  void test('with LOCAL_PROGRAM, the program\'s stdout feeds the service and the service\'s output feeds the program; its exit code is returned', async () => {
+    const h = host();
+    await setPolicy(h, 'test.Echo * qa qb allow\n');
+    const prog = 'echo ping; read first; read second; echo "$first|$second" > /tmp/got; exit 4';
+    const r = await h.exec('qa', `qrexec-client-vm qb test.Echo /bin/sh -c '${prog}'; echo rc=$?; cat /tmp/got`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'rc=4\narg= from=qa user=user target=qb|ping\n');
+  });
+
   void test('the argument reaches the service as argv[1]; a rule for one argument does not allow another', async () => {
     const h = host();
     await setPolicy(h, 'test.Echo +good qa qb allow\n');
