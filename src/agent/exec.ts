@@ -26,6 +26,7 @@ import {
   parseServiceCommand,
   splitServiceAndArg,
   type ServiceCall,
+  STREAM_HIGH_WATER_MARK,
 } from '../protocol/qrexec.js';
 import { asUser, baseEnv, lookupUser, workDir, type Account } from './accounts.js';
 import {
@@ -135,7 +136,7 @@ function finish(sock: net.Socket, route: StderrRoute, message: string, code: num
 
 /** Runs one EXEC_CMDLINE (justExec false) or JUST_EXEC on a new data connection for `port`. */
 export function runExec(ctx: ExecContext, port: number, cmdline: string, justExec: boolean): void {
-  const sock = net.connect({ path: ctx.channel, allowHalfOpen: true });
+  const sock = net.connect({ path: ctx.channel, allowHalfOpen: true, highWaterMark: STREAM_HIGH_WATER_MARK } as net.NetConnectOpts);
   sock.on('error', (err) => { ctx.log(`data connection ${port}: ${err.message}`); });
   sock.write(encodeDataConnect(port));
   const dom0Route: StderrRoute = { toCaller: true, note: ctx.log, prefix: '' };
@@ -276,6 +277,8 @@ function runProcess(
       }
     }
   });
+  // A caller that hangs up (FIN without a stdin EOF frame) has sent all it ever will.
+  sock.on('end', () => { child.stdin.end(); });
   sock.on('close', () => { child.stdin.destroy(); });
   child.on('close', (code, signal) => {
     if (spawnFailed) return;
@@ -342,5 +345,6 @@ function runSocketService(sock: net.Socket, socketPath: string, descriptor: Buff
     service.on('end', end);
     service.on('close', end);
   });
+  sock.on('end', () => { service.end(); });
   sock.on('close', () => { service.destroy(); });
 }

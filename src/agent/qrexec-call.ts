@@ -7,6 +7,7 @@
 //
 // Everything the agent relays back is parsed as untrusted (FrameParser: types and lengths are
 // checked before anything is buffered).
+import fs from 'node:fs';
 import net from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -28,6 +29,7 @@ import {
   parseExitCode,
   parseServiceRefused,
   type Frame,
+  STREAM_HIGH_WATER_MARK,
 } from '../protocol/qrexec.js';
 
 /** How long to wait for the admin domain's answer (policy may ask the user): 5 minutes. */
@@ -66,8 +68,24 @@ export function normalizeTarget(target: string): string {
   return target.replaceAll('$', '@');
 }
 
+/**
+ * The qube's channel. In a container qube every user may open it, and a call made on a connection
+ * of its own goes straight to the admin domain (one relay less than through the agent).
+ */
+const CHANNEL_SOCKET = '/run/bulkhead/qrexec.sock';
+
+/** The channel when this process may open it, else the agent's trigger socket. */
+export function defaultCallSocket(): string {
+  try {
+    fs.accessSync(CHANNEL_SOCKET, fs.constants.R_OK | fs.constants.W_OK);
+    return CHANNEL_SOCKET;
+  } catch {
+    return AGENT_TRIGGER_SOCKET;
+  }
+}
+
 export interface ConnectOptions {
-  /** The agent's socket (default AGENT_TRIGGER_SOCKET). */
+  /** Where to send the call (default: defaultCallSocket()). */
   readonly socketPath?: string;
   /** How long to wait for the answer (default: answerTimeoutFromEnv()). */
   readonly timeoutMs?: number;
@@ -84,10 +102,10 @@ let callCounter = 0;
 export function connectService(target: string, serviceAndArg: string, opts: ConnectOptions = {}): Promise<ServiceConnection> {
   const requestId = `c${process.pid}-${++callCounter}`;
   const trigger = encodeFrame(MSG_TRIGGER_SERVICE3, encodeTrigger({ target: normalizeTarget(target), requestId, serviceAndArg }));
-  const socketPath = opts.socketPath ?? AGENT_TRIGGER_SOCKET;
+  const socketPath = opts.socketPath ?? defaultCallSocket();
   const timeoutMs = opts.timeoutMs ?? answerTimeoutFromEnv();
   return new Promise<ServiceConnection>((resolve, reject) => {
-    const sock = net.connect({ path: socketPath, allowHalfOpen: true });
+    const sock = net.connect({ path: socketPath, allowHalfOpen: true, highWaterMark: STREAM_HIGH_WATER_MARK } as net.NetConnectOpts);
     const parser = new FrameParser();
     let settled = false;
     const fail = (err: QrexecCallError): void => {

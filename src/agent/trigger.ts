@@ -30,6 +30,7 @@ import {
   parseServiceRefused,
   parseTrigger,
   type ServiceTrigger,
+  STREAM_HIGH_WATER_MARK,
 } from '../protocol/qrexec.js';
 
 /** Calls waiting for the admin domain's answer, at most (more are refused at once). */
@@ -223,7 +224,7 @@ export class TriggerServer {
     this.#pending.delete(id);
     call.stopBuffering();
     const { client } = call;
-    const data = net.connect({ path: this.#opts.channel, allowHalfOpen: true });
+    const data = net.connect({ path: this.#opts.channel, allowHalfOpen: true, highWaterMark: STREAM_HIGH_WATER_MARK } as net.NetConnectOpts);
     data.write(encodeDataConnect(port));
     for (const chunk of call.early) data.write(chunk);
     client.write(encodeFrame(MSG_SERVICE_CONNECT, encodeExecParams(0, 0, call.clientId)));

@@ -12,7 +12,7 @@ import { DataDirLock } from './lock.js';
 import { AdminDispatcher, AdminServer, type ServerDeps } from './server.js';
 import { AskBroker, DEFAULT_ASK_TIMEOUT_MS, type PromptProvider } from './ask.js';
 import { PolicyStore } from './policy-store.js';
-import { QrexecRouter } from './router.js';
+import { QrexecRouter, removeLeftoverDisposables } from './router.js';
 import path from 'node:path';
 
 export const DEFAULT_DATA_DIR = '/var/lib/bulkhead';
@@ -58,6 +58,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     }
     const backends = opts.makeBackends ? await opts.makeBackends() : (opts.backends ?? new Map<BackendKind, HypervisorBackend>());
     const lifecycle = new Lifecycle(registry, backends, opts.log);
+    removeLeftoverDisposables(registry, lifecycle, opts.log);
     const policy = await PolicyStore.open(path.join(opts.dataDir, 'policy.d'), opts.log);
     const asks = new AskBroker(opts.log, opts.askTimeoutMs ?? DEFAULT_ASK_TIMEOUT_MS);
     if (opts.promptProvider) asks.addProvider(opts.promptProvider);
@@ -75,7 +76,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       await execServer.listen(execSocketPath(opts.socketPath));
     } catch (err) {
       await server.close();
-      qrexec.close();
+      await qrexec.close();
       policy.close();
       await lifecycle.close();
       throw err;
@@ -90,7 +91,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         closing ??= (async () => {
           await server.close();
           await execServer.close();
-          qrexec.close();
+          await qrexec.close();
           policy.close();
           await lifecycle.close();
           await lock.release();

@@ -31,8 +31,8 @@ export interface Dom0Call {
 export interface Dom0Deps {
   readonly registry: Registry;
   readonly dispatcher: AdminDispatcher;
-  /** Whether `source` may see `q` (admin.vm.List / admin.Events filtering by policy). */
-  readonly visible: (source: QubeRecord, service: string, q: QubeRecord) => boolean;
+  /** Which qubes `source` may see through `service` (admin.vm.List / admin.Events, by policy). */
+  readonly visibility: (source: QubeRecord, service: string) => (q: QubeRecord) => boolean;
 }
 
 /** Writes `data` as DATA_STDOUT frames of at most 64 KiB. */
@@ -46,7 +46,7 @@ function finish(sock: Duplex, code: number): void {
   if (!sock.destroyed) sock.end(encodeFinish('', code));
 }
 
-/** Reads the caller's stdin up to its EOF frame; rejects past `cap` bytes or on a protocol error. */
+/** Reads the caller's stdin up to its EOF frame; rejects past `cap` bytes, on a protocol error, or on a hang-up before EOF. */
 export function readStdin(sock: Duplex, cap: number): Promise<Buffer> {
   return new Promise<Buffer>((resolve, reject) => {
     const parser = new FrameParser();
@@ -85,8 +85,8 @@ export function readStdin(sock: Duplex, cap: number): Promise<Buffer> {
         parts.push(Buffer.from(f.payload));
       }
     };
-    // A caller that goes away without EOF has sent all it will.
-    const onEnd = (): void => { done(); };
+    // A caller that goes away before its EOF frame sent an incomplete request: nothing runs.
+    const onEnd = (): void => { done(new Error('the caller hung up before the end of its input')); };
     sock.on('data', onData);
     sock.once('end', onEnd);
     sock.once('close', onEnd);
@@ -126,7 +126,11 @@ export async function serveDom0(call: Dom0Call, deps: Dom0Deps): Promise<void> {
       writeStdout(sock, reply);
       finish(sock, 0);
     },
-    abort: () => { finish(sock, EXIT_REFUSED); },
+    // A caller that does not read (an event stream backed up) loses its connection at once.
+    abort: () => {
+      if (sock.writableLength > 0) sock.destroy();
+      else finish(sock, EXIT_REFUSED);
+    },
     write: (bytes) => { writeStdout(sock, bytes); },
     pendingBytes: () => sock.writableLength,
     onClose: (fn) => { sock.on('close', fn); },
@@ -138,6 +142,6 @@ export async function serveDom0(call: Dom0Call, deps: Dom0Deps): Promise<void> {
   await deps.dispatcher.dispatch(
     { method: call.service, arg: call.arg, source: call.source.name, destType: 'name', dest, payload: untrustedPayload },
     output,
-    { qube: call.source, visible: (q) => deps.visible(call.source, call.service, q) },
+    { qube: call.source, visible: deps.visibility(call.source, call.service) },
   );
 }

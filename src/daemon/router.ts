@@ -19,8 +19,13 @@ import type { PolicyStore } from './policy-store.js';
 import type { AdminDispatcher } from './server.js';
 import { systemInfo } from './system-info.js';
 
-/** Connected calls one qube may have open at once (as caller). */
-const MAX_ACTIVE_PER_SOURCE = 256;
+/** Calls one qube may have open at once (waiting for policy, ask or target, or connected). */
+const MAX_CALLS_PER_SOURCE = 256;
+/** Disposables started for calls: per source qube, and in all. */
+const MAX_DISPOSABLES_PER_SOURCE = 4;
+const MAX_DISPOSABLES = 16;
+/** How long one view of the system serves admin.vm.List / admin.Events visibility checks. */
+const VISIBILITY_VIEW_MS = 1000;
 
 export interface RouterDeps {
   readonly registry: Registry;
@@ -39,32 +44,47 @@ function requestedTargetWord(t: string): { type: 'name' | 'keyword'; value: stri
   return { type: 'name', value: t };
 }
 
-/** Copies bytes both ways until both sides are done; either side failing ends both. */
-export function splice(a: Duplex, b: Duplex): Promise<void> {
+/** How long a caller may keep its connection once the service side has finished. */
+const LINGER_MS = 10_000;
+
+/**
+ * Copies bytes both ways between the caller and the service, unparsed, until both are closed.
+ * Half-closes pass through. The caller gone (closed) takes the service side down with it; the
+ * service side failing takes the caller down; the service side finishing cleanly lets the caller
+ * read the rest, then closes it after LINGER_MS at the latest.
+ */
+export function splice(caller: Duplex, service: Duplex): Promise<void> {
   return new Promise<void>((resolve) => {
     let closed = 0;
     const onClose = (): void => {
       closed += 1;
       if (closed === 2) resolve();
     };
-    for (const [x, y] of [[a, b], [b, a]] as const) {
-      x.on('error', () => { x.destroy(); y.destroy(); });
-      x.once('close', () => {
-        // A side gone before it finished writing takes the other down; one that ended cleanly
-        // (its FIN passed on by pipe) lets the other finish.
-        if (!x.readableEnded) y.destroy();
-        onClose();
-      });
-    }
-    a.pipe(b);
-    b.pipe(a);
+    caller.on('error', () => { caller.destroy(); service.destroy(); });
+    service.on('error', () => { service.destroy(); caller.destroy(); });
+    caller.once('close', () => {
+      service.destroy();
+      onClose();
+    });
+    service.once('close', () => {
+      if (!service.readableEnded) caller.destroy();
+      else setTimeout(() => { caller.destroy(); }, LINGER_MS).unref();
+      onClose();
+    });
+    caller.pipe(service);
+    service.pipe(caller);
   });
 }
 
 export class QrexecRouter implements QrexecAdmin {
   readonly #d: RouterDeps;
   readonly #active = new Set<Duplex>();
-  readonly #activeBySource = new Map<string, number>();
+  /** Calls of each source qube from trigger to the end of the data, waiting ones included. */
+  readonly #callsBySource = new Map<string, number>();
+  /** Disposables being set up or serving a call, per source and in all. */
+  readonly #dispsBySource = new Map<string, number>();
+  #disps = 0;
+  readonly #inflight = new Set<Promise<void>>();
   #closed = false;
 
   constructor(deps: RouterDeps) {
@@ -85,26 +105,46 @@ export class QrexecRouter implements QrexecAdmin {
     this.#d.asks.answer(id, answer);
   }
 
-  /** May `source` see `q` through admin.vm.List / admin.Events? Policy decides, as in Qubes. */
-  visible(source: QubeRecord, service: string, q: QubeRecord): boolean {
-    const res = this.#d.policy.evaluate(
-      { source: source.name, target: q.name, service, argument: '+' },
-      systemInfo(this.#d.registry, this.#d.lifecycle),
-    );
-    return res.result === 'allow';
+  /**
+   * Which qubes `source` may see through `service` (admin.vm.List / admin.Events): those the
+   * policy would allow it to call that method on, as in Qubes. One view of the system per call.
+   */
+  visibility(source: QubeRecord, service: string): (q: QubeRecord) => boolean {
+    // One view of the system for a burst of checks (a whole admin.vm.List), refreshed for a
+    // long event stream so that tags or power states changed later count.
+    let sys = systemInfo(this.#d.registry, this.#d.lifecycle);
+    let taken = Date.now();
+    return (q) => {
+      if (Date.now() - taken > VISIBILITY_VIEW_MS) {
+        sys = systemInfo(this.#d.registry, this.#d.lifecycle);
+        taken = Date.now();
+      }
+      return this.#d.policy.evaluate({ source: source.name, target: q.name, service, argument: '+' }, sys).result === 'allow';
+    };
   }
 
   // ---------- routing ----------
 
   handle(r: ServiceRequest): void {
-    if (this.#closed) {
+    const calls = this.#callsBySource.get(r.source) ?? 0;
+    if (this.#closed || calls >= MAX_CALLS_PER_SOURCE) {
+      if (!this.#closed) this.#d.log.warn({ source: r.source }, 'qrexec: too many open calls from this qube; refused');
       r.refuse();
       return;
     }
-    this.#route(r).catch((err: unknown) => {
-      this.#d.log.error({ err, source: r.source, service: r.trigger.serviceAndArg }, 'qrexec call failed');
-      r.refuse();
-    });
+    this.#callsBySource.set(r.source, calls + 1);
+    const job = this.#route(r)
+      .catch((err: unknown) => {
+        this.#d.log.error({ err, source: r.source, service: r.trigger.serviceAndArg }, 'qrexec call failed');
+        r.refuse();
+      })
+      .finally(() => {
+        this.#inflight.delete(job);
+        const n = (this.#callsBySource.get(r.source) ?? 1) - 1;
+        if (n <= 0) this.#callsBySource.delete(r.source);
+        else this.#callsBySource.set(r.source, n);
+      });
+    this.#inflight.add(job);
   }
 
   async #route(r: ServiceRequest): Promise<void> {
@@ -114,11 +154,6 @@ export class QrexecRouter implements QrexecAdmin {
     const what = { source: r.source, target: untrustedTarget, service: serviceAndArg };
     const source = registry.state.qubes.get(r.source);
     if (source === undefined) {
-      r.refuse();
-      return;
-    }
-    if ((this.#activeBySource.get(r.source) ?? 0) >= MAX_ACTIVE_PER_SOURCE) {
-      log.warn(what, 'qrexec: too many open calls from this qube; refused');
       r.refuse();
       return;
     }
@@ -136,13 +171,18 @@ export class QrexecRouter implements QrexecAdmin {
     if (res.result === 'ask') throw new Error('an ask resolved into another ask');
     if (res.result === 'deny') {
       log.info({ ...what, reason: res.reason }, 'qrexec: denied');
-      if (res.notify) this.#notify(source, serviceAndArg, untrustedTarget, 'deny', res.reason);
+      if (res.notify) this.#notify(source, serviceAndArg, 'deny');
       r.refuse();
       return;
     }
-    if (res.notify) this.#notify(source, serviceAndArg, res.target, 'allow', '');
+    if (res.notify) this.#notify(source, serviceAndArg, 'allow');
     if (res.target === r.source) {
       log.info(what, 'qrexec: loopback qrexec connection not supported; refused');
+      r.refuse();
+      return;
+    }
+    // An ask can take a minute: a caller gone meanwhile starts nothing.
+    if (!r.alive() || this.#closed) {
       r.refuse();
       return;
     }
@@ -156,28 +196,24 @@ export class QrexecRouter implements QrexecAdmin {
     }
   }
 
-  #notify(source: QubeRecord, serviceAndArg: string, target: string, result: string, reason: string): void {
-    this.#d.log.warn({ source: source.name, target, service: serviceAndArg, result, reason }, 'qrexec notification');
-    // `vm` names the caller, so qubes' event streams show it only to those allowed to see it.
+  /** notify=yes: logged, and an event naming only the caller (its stream-visibility decides who sees it). */
+  #notify(source: QubeRecord, serviceAndArg: string, result: string): void {
+    this.#d.log.warn({ source: source.name, service: serviceAndArg, result }, 'qrexec notification');
     this.#d.registry.emit({
       subject: '', event: 'bulkhead-qrexec-notify',
-      kwargs: [['vm', source.name], ['target', target], ['service', serviceAndArg], ['result', result], ['reason', reason]],
+      kwargs: [['vm', source.name], ['service', serviceAndArg], ['result', result]],
     });
   }
 
   async #toDom0(r: ServiceRequest, source: QubeRecord, service: string, arg: string, requestedTarget: string): Promise<void> {
     // A service dom0 does not have ends with 127 (serveDom0), as one missing in a qube would.
     const sock = await r.connect();
-    this.#track(r.source, sock);
-    await serveDom0({ source, service, arg, requestedTarget, sock }, this.#dom0Deps());
-  }
-
-  #dom0Deps(): Parameters<typeof serveDom0>[1] {
-    return {
+    this.#track(sock);
+    await serveDom0({ source, service, arg, requestedTarget, sock }, {
       registry: this.#d.registry,
       dispatcher: this.#d.dispatcher,
-      visible: (source, service, q) => this.visible(source, service, q),
-    };
+      visibility: (src, svc) => this.visibility(src, svc),
+    });
   }
 
   /** Runs the service in `targetName` (started first when allowed) and connects the caller. */
@@ -219,7 +255,9 @@ export class QrexecRouter implements QrexecAdmin {
     return this.#d.lifecycle.exec(target.name, res.user, command, false);
   }
 
+  /** Connects the caller to the service's data connection; resolves when both are closed. */
   async #connectCaller(r: ServiceRequest, remote: Duplex): Promise<void> {
+    this.#track(remote);
     let caller: Duplex;
     try {
       caller = await r.connect();
@@ -227,43 +265,66 @@ export class QrexecRouter implements QrexecAdmin {
       remote.destroy();
       return;
     }
-    this.#track(r.source, caller);
-    this.#track(undefined, remote);
+    this.#track(caller);
     await splice(caller, remote);
   }
 
-  /** A new disposable from `dvmTemplate` runs the service and is removed when the call ends. */
+  /**
+   * A new disposable from `dvmTemplate` runs the service; it is killed and removed as soon as the
+   * service side is done (not when the caller decides to hang up), and on every failure.
+   */
   async #toDispVM(r: ServiceRequest, dvmTemplate: string, res: Extract<Resolution, { result: 'allow' }>, serviceAndArg: string): Promise<void> {
     const { registry, lifecycle, log } = this.#d;
     const template = registry.state.qubes.get(dvmTemplate);
-    if (template === undefined) {
+    const mine = this.#dispsBySource.get(r.source) ?? 0;
+    if (template === undefined || mine >= MAX_DISPOSABLES_PER_SOURCE || this.#disps >= MAX_DISPOSABLES) {
+      if (template !== undefined) log.warn({ source: r.source }, 'qrexec: too many disposables at once; refused');
       r.refuse();
       return;
     }
+    this.#dispsBySource.set(r.source, mine + 1);
+    this.#disps += 1;
     let disp: QubeRecord | undefined;
     try {
       disp = this.#createDisposable(template);
       await lifecycle.start(disp.name);
       const remote = await this.#execService(disp, res, serviceAndArg, r.source);
-      await this.#connectCaller(r, remote);
+      const serviceDone = new Promise<void>((resolve) => { remote.once('close', () => { resolve(); }); });
+      const call = this.#connectCaller(r, remote);
+      await serviceDone;
+      await this.#destroyDisposable(disp);
+      disp = undefined;
+      await call;
     } catch (err) {
       log.warn({ template: dvmTemplate, err: (err as Error).message }, 'qrexec: disposable failed; refused');
       r.refuse();
     } finally {
       if (disp !== undefined) await this.#destroyDisposable(disp);
+      const n = (this.#dispsBySource.get(r.source) ?? 1) - 1;
+      if (n <= 0) this.#dispsBySource.delete(r.source);
+      else this.#dispsBySource.set(r.source, n);
+      this.#disps -= 1;
     }
   }
 
   #createDisposable(template: QubeRecord): QubeRecord {
     const { registry } = this.#d;
     const label = qubeValue(registry.state, template, 'label');
-    for (;;) {
-      const name = `disp${crypto.randomInt(1, 10_000)}`;
-      if (registry.state.qubes.has(name)) continue;
-      const q = registry.create({ klass: 'DispVM', name, label: typeof label === 'string' ? label : 'red', template: template.name, source: 'dom0' });
-      registry.setProp(name, 'auto_cleanup', 'True');
-      return q;
+    let name: string | undefined;
+    for (let i = 0; i < 100 && name === undefined; i++) {
+      const candidate = `disp${crypto.randomInt(1, 10_000)}`;
+      if (!registry.state.qubes.has(candidate)) name = candidate;
     }
+    if (name === undefined) throw new Error('no free disposable name');
+    const q = registry.create({ klass: 'DispVM', name, label: typeof label === 'string' ? label : 'red', template: template.name, source: 'dom0' });
+    try {
+      // Marks it as the daemon's to remove, also after a crash (see removeLeftoverDisposables).
+      registry.setProp(name, 'auto_cleanup', 'True');
+    } catch (err) {
+      registry.remove(name);
+      throw err;
+    }
+    return q;
   }
 
   async #destroyDisposable(disp: QubeRecord): Promise<void> {
@@ -277,22 +338,35 @@ export class QrexecRouter implements QrexecAdmin {
     }
   }
 
-  /** Keeps `sock` to close with the router; a caller's socket also counts against its qube's limit. */
-  #track(source: string | undefined, sock: Duplex): void {
+  /** Keeps `sock` to close with the router. */
+  #track(sock: Duplex): void {
     this.#active.add(sock);
     sock.once('close', () => { this.#active.delete(sock); });
-    if (source === undefined) return;
-    this.#activeBySource.set(source, (this.#activeBySource.get(source) ?? 0) + 1);
-    sock.once('close', () => {
-      const n = (this.#activeBySource.get(source) ?? 1) - 1;
-      if (n <= 0) this.#activeBySource.delete(source);
-      else this.#activeBySource.set(source, n);
-    });
   }
 
-  close(): void {
+  /** Refuses new calls, denies pending asks, ends open calls and waits for their clean-up (disposables). */
+  async close(): Promise<void> {
     this.#closed = true;
     this.#d.asks.close();
     for (const s of this.#active) s.destroy();
+    await Promise.allSettled([...this.#inflight]);
+  }
+}
+
+/**
+ * Disposables the daemon started for qrexec calls and could not remove (it stopped or died
+ * meanwhile): halted DispVMs with auto_cleanup, removed with their volumes at start-up.
+ */
+export function removeLeftoverDisposables(registry: Registry, lifecycle: Lifecycle, log: Logger): void {
+  for (const q of registry.list()) {
+    if (q.klass !== 'DispVM' || qubeValue(registry.state, q, 'auto_cleanup') !== true) continue;
+    if (lifecycle.powerState(q.name) !== 'Halted') continue;
+    try {
+      registry.remove(q.name);
+      lifecycle.removeVolumes(q);
+      log.info({ qube: q.name }, 'removed a disposable left from an earlier run');
+    } catch (err) {
+      log.warn({ qube: q.name, err: (err as Error).message }, 'could not remove a leftover disposable');
+    }
   }
 }

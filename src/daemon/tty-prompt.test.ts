@@ -25,12 +25,12 @@ async function tick(): Promise<void> {
   for (let i = 0; i < 3; i++) await new Promise((r) => { setImmediate(r); });
 }
 
-function tty(t: TestContext): { prompt: TtyPrompt; out: () => string; type: (line: string) => Promise<void> } {
+function tty(t: TestContext, guardMs = 0): { prompt: TtyPrompt; out: () => string; type: (line: string) => Promise<void> } {
   const input = new PassThrough();
   const output = new PassThrough();
   let text = '';
   output.on('data', (c: Buffer) => { text += c.toString(); });
-  const prompt = new TtyPrompt(input, output);
+  const prompt = new TtyPrompt(input, output, guardMs);
   t.after(() => { prompt.close(); });
   return {
     prompt,
@@ -51,6 +51,16 @@ function answers(): { got: AskAnswer[]; answer: (a: AskAnswer) => void } {
 const ELSEWHERE = /answered elsewhere/g;
 
 describe('TtyPrompt', () => {
+  test('a line typed just as a question appears is ignored: an answer meant for an expired question never answers the next', async (t) => {
+    const p = tty(t, 60_000);
+    const a = answers();
+    p.prompt.present(ask('aaaa1111', { source: 'work', service: 'qubes.Filecopy' }), a.answer);
+    await tick();
+    await p.type('deny');
+    assert.deepEqual(a.got, []);
+    assert.match(p.out(), /ignored: typed before this question was shown/);
+  });
+
   test('shows one ask at a time, in order; typing an offered target allows it', async (t) => {
     const p = tty(t);
     const a = answers();

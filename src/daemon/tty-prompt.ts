@@ -16,9 +16,17 @@ export class TtyPrompt implements PromptProvider {
   readonly #output: NodeJS.WritableStream;
   readonly #queue: Queued[] = [];
   #current: Queued | undefined;
+  readonly #guardMs: number;
+  /** When the current question was put on screen. */
+  #shownAt = 0;
 
-  constructor(input: NodeJS.ReadableStream, output: NodeJS.WritableStream) {
+  /**
+   * `guardMs`: input arriving this soon after a question appears is ignored, so that an answer
+   * typed for a question that just expired cannot answer the next one.
+   */
+  constructor(input: NodeJS.ReadableStream, output: NodeJS.WritableStream, guardMs = 1000) {
     this.#output = output;
+    this.#guardMs = guardMs;
     this.#rl = readline.createInterface({ input, output, terminal: false });
     this.#rl.on('line', (line) => { this.#onLine(line.trim()); });
   }
@@ -42,6 +50,7 @@ export class TtyPrompt implements PromptProvider {
       const q = this.#queue.shift();
       if (q === undefined || q.done) continue;
       this.#current = q;
+      this.#shownAt = Date.now();
       const a = q.ask;
       const arg = a.argument === '+' ? '' : ` (argument ${a.argument.slice(1)})`;
       this.#output.write(
@@ -56,6 +65,10 @@ export class TtyPrompt implements PromptProvider {
   #onLine(line: string): void {
     const q = this.#current;
     if (q === undefined) return;
+    if (Date.now() - this.#shownAt < this.#guardMs) {
+      this.#output.write(`  (ignored: typed before this question was shown) [ask ${q.ask.id}] type a target or 'deny': `);
+      return;
+    }
     const target = line === '' ? q.ask.defaultTarget : line;
     if (target === null) {
       this.#output.write('  no default target: type one of the targets, or deny: ');

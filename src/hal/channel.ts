@@ -7,6 +7,7 @@
 // Everything arriving here is untrusted: frames are length-checked before buffering
 // (FrameParser), a connection must identify itself within a deadline, and the number of
 // unidentified connections is capped.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import {
@@ -27,6 +28,7 @@ import {
   parseHello,
   parseTrigger,
   QREXEC_PROTOCOL_VERSION,
+  STREAM_HIGH_WATER_MARK,
   type Frame,
   type ServiceTrigger,
 } from '../protocol/qrexec.js';
@@ -35,7 +37,7 @@ import { clearSocketPath, listenWithUmask } from './unix-listen.js';
 /** A connection must send its first frame within this time. */
 const IDENTIFY_TIMEOUT_MS = 5000;
 /** Connections that have not identified themselves yet, at most. */
-const MAX_UNIDENTIFIED = 16;
+const MAX_UNIDENTIFIED = 64;
 /** Commands waiting for their data connection, at most. */
 const MAX_PENDING_EXEC = 256;
 /** How long the agent has to open the data connection of a command. */
@@ -50,6 +52,8 @@ export const MAX_PENDING_TRIGGERS = 32;
 export interface TriggerReply {
   connect(): Promise<net.Socket>;
   refuse(): void;
+  /** False once the caller is known to be gone. */
+  alive(): boolean;
 }
 
 /**
@@ -95,7 +99,8 @@ export class QubeChannel {
   readonly #path: string;
   #control: net.Socket | undefined;
   #unidentified = 0;
-  #nextPort = 1;
+  /** Numbers of the calls made on their own connections (keys of #openTriggers: `conn:N`). */
+  #nextCall = 1;
   readonly #pending = new Map<number, PendingExec>();
   #helloWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   readonly #closeListeners = new Set<() => void>();
@@ -117,10 +122,12 @@ export class QubeChannel {
   /** Listens on `socketPath`, owned by `uid:gid` (the qube's root) with mode 0600. */
   static async listen(socketPath: string, uid: number, gid: number): Promise<QubeChannel> {
     clearSocketPath(socketPath);
-    const server = net.createServer({ allowHalfOpen: true });
-    // 0600 from the start, then handed to the qube's root.
+    const server = net.createServer({ allowHalfOpen: true, highWaterMark: STREAM_HIGH_WATER_MARK });
+    // 0600 from the start, handed to the qube's root, then opened to every user of the qube (any
+    // of them may call services, as in Qubes): the folder it sits in is root-only on the host.
     await listenWithUmask(server, socketPath, 0o177);
     fs.chownSync(socketPath, uid, gid);
+    fs.chmodSync(socketPath, 0o666);
     return new QubeChannel(server, socketPath);
   }
 
@@ -154,6 +161,8 @@ export class QubeChannel {
           this.#onControl(sock, rest);
         } else if (first.type === MSG_DATA_CONNECT) {
           this.#onData(sock, parseDataConnect(first.payload), rest);
+        } else if (first.type === MSG_TRIGGER_SERVICE3) {
+          this.#onCallConnection(sock, parseTrigger(first.payload), rest);
         } else {
           sock.destroy();
         }
@@ -203,31 +212,67 @@ export class QubeChannel {
     for (const w of waiters) w.resolve();
   }
 
+  /** A call forwarded by the agent on its control connection: answered there, data on a new connection. */
   #onTrigger(control: net.Socket, t: ServiceTrigger): void {
-    const refuse = (): void => { if (!control.destroyed) control.write(encodeFrame(MSG_SERVICE_REFUSED, encodeServiceRefused(t.requestId))); };
-    const handler = this.#triggerHandler;
-    if (handler === undefined || this.#openTriggers.has(t.requestId) || this.#openTriggers.size >= MAX_PENDING_TRIGGERS) {
-      refuse();
+    this.#dispatchTrigger(t, t.requestId, {
+      refuse: () => {
+        if (control === this.#control && !control.destroyed) control.write(encodeFrame(MSG_SERVICE_REFUSED, encodeServiceRefused(t.requestId)));
+      },
+      connect: () => {
+        if (control !== this.#control) return Promise.reject(new ChannelError('the calling qube\'s agent went away'));
+        return this.#openData(MSG_SERVICE_CONNECT, 0, t.requestId);
+      },
+      alive: () => control === this.#control && !control.destroyed,
+    });
+  }
+
+  /**
+   * A call made on a connection of its own (qrexec-client-vm in a container qube): answered on
+   * that connection, which then carries the call's data. The caller's bytes wait in the socket.
+   */
+  #onCallConnection(sock: net.Socket, t: ServiceTrigger, rest: Buffer): void {
+    if (!this.connected) {
+      sock.destroy();
       return;
     }
-    this.#openTriggers.add(t.requestId);
+    this.#dispatchTrigger(t, `conn:${this.#nextCall++}`, {
+      refuse: () => {
+        if (!sock.destroyed) sock.end(encodeFrame(MSG_SERVICE_REFUSED, encodeServiceRefused(t.requestId)));
+      },
+      connect: () => {
+        if (sock.destroyed) return Promise.reject(new ChannelError('the caller hung up'));
+        sock.write(encodeFrame(MSG_SERVICE_CONNECT, encodeExecParams(0, 0, t.requestId)));
+        if (rest.length > 0) sock.unshift(rest);
+        return Promise.resolve(sock);
+      },
+      alive: () => !sock.destroyed && this.connected,
+    });
+  }
+
+  #dispatchTrigger(t: ServiceTrigger, key: string, transport: TriggerReply): void {
+    const handler = this.#triggerHandler;
+    if (handler === undefined || this.#openTriggers.has(key) || this.#openTriggers.size >= MAX_PENDING_TRIGGERS) {
+      transport.refuse();
+      return;
+    }
+    this.#openTriggers.add(key);
     let answered = false;
     const answer = (): void => {
       if (answered) throw new ChannelError('this service call was already answered');
       answered = true;
-      this.#openTriggers.delete(t.requestId);
+      this.#openTriggers.delete(key);
     };
     handler(t, {
       refuse: () => {
         if (answered) return;
         answer();
-        if (control === this.#control) refuse();
+        transport.refuse();
       },
       connect: () => {
         answer();
-        if (control !== this.#control) return Promise.reject(new ChannelError('the calling qube\'s agent went away'));
-        return this.#openData(MSG_SERVICE_CONNECT, 0, t.requestId);
+        return transport.connect();
       },
+      alive: () => transport.alive(),
     });
   }
 
@@ -287,8 +332,10 @@ export class QubeChannel {
     const control = this.#control;
     if (control === undefined || control.destroyed) return Promise.reject(new ChannelError('the qube\'s agent is not connected'));
     if (this.#pending.size >= MAX_PENDING_EXEC) return Promise.reject(new ChannelError('too many commands waiting for the qube'));
-    const port = this.#nextPort;
-    this.#nextPort = this.#nextPort >= 0x7fffffff ? 1 : this.#nextPort + 1;
+    // Unguessable: any user of the qube may connect to the channel, and must not be able to
+    // take over the data connection of a command the admin domain runs as another user.
+    let port: number;
+    do port = crypto.randomInt(1, 0x7fffffff); while (this.#pending.has(port));
     let frame: Buffer;
     try {
       frame = encodeFrame(type, encodeExecParams(connectDomain, port, cmdline));

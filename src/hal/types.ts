@@ -114,6 +114,8 @@ export interface ServiceRequest {
   /** Tells the caller to go ahead; resolves with its data connection (paused). */
   connect(): Promise<Duplex>;
   refuse(): void;
+  /** False once the caller is known to be gone (its agent disconnected, or it hung up). */
+  alive(): boolean;
 }
 
 export interface HypervisorBackend {

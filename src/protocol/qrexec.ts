@@ -59,6 +59,11 @@ export const FRAME_HEADER_SIZE = 8;
 export const MAX_DATA_CHUNK = 65536;
 /** Largest payload of any other frame. */
 export const MAX_CONTROL_PAYLOAD = 65536;
+/**
+ * Buffering of a connection that relays a call's data, before backpressure applies. Node's default
+ * (16 KiB) is below one 64 KiB chunk: every chunk would pause and resume the reading side.
+ */
+export const STREAM_HIGH_WATER_MARK = 1 << 20;
 
 const KNOWN_TYPES: ReadonlySet<number> = new Set([
   MSG_DATA_STDIN,
@@ -256,8 +261,11 @@ const TRIGGER_FIXED = TRIGGER_TARGET_FIELD + REQUEST_ID_FIELD;
 /** Longest `SERVICE+ARG` Bulkhead accepts (a Bulkhead limit; Qubes' own is of the same order). */
 export const MAX_SERVICE_AND_ARG = 1024;
 
-/** A service name: letters, digits, `.`, `_`, `-` (no `+`); what policy files may name. */
-export const SERVICE_NAME_RE = /^[A-Za-z0-9._-]{1,255}$/;
+/**
+ * A service name: letters, digits, `.`, `_`, `-` (no `+`), not starting with `.` (never `.` or
+ * `..`: the name becomes a file name in the qube), at most 255 characters.
+ */
+export const SERVICE_NAME_RE = /^(?!\.)[A-Za-z0-9._-]{1,255}$/;
 /** An argument after its `+`: letters, digits, `.`, `_`, `-`, `+`; may be empty. */
 export const SERVICE_ARG_RE = /^[A-Za-z0-9._+-]*$/;
 /** A call's target as a qube writes it: a name, `uuid:…`, `@default`, `@dispvm`, `@dispvm:NAME`, `@adminvm`, `dom0`. */

@@ -18,6 +18,7 @@ const SERVICES: Record<string, string> = {
   'test.Sum': '#!/bin/sh\nsha256sum | cut -d" " -f1\n',
   'test.Sleep': '#!/bin/sh\nsleep 30\n',
   'test.Name': '#!/bin/sh\nhostname\n',
+  'test.Drain': '#!/bin/sh\ncat >/dev/null\n',
 };
 
 function policyFile(host: QubeHost): string {
@@ -230,6 +231,17 @@ void describe('qrexec between qubes', { timeout: 300_000 }, () => {
     // `$dispvm` is accepted for `@dispvm`, as in Qubes.
     const again = await call(h, 'qa', '\\$dispvm test.Name', '', 60_000);
     assert.equal(again.code, 0, again.stderr);
+  });
+
+  void test('@dispvm: a caller killed mid-call does not leave its disposable behind', async () => {
+    const h = host();
+    await setPolicy(h, 'test.Drain * qa @dispvm allow\n');
+    const before = new Set((await h.ok('qvm-ls', ['--raw-list'])).split('\n'));
+    // The service reads stdin for ever; the caller is killed while the disposable serves it.
+    // stdin: a fifo held open for reading and writing, so it never ends.
+    const r = await h.exec('qa', 'rm -f /tmp/never && mkfifo /tmp/never && exec 3<>/tmp/never && timeout -s KILL 5 qrexec-client-vm @dispvm test.Drain <&3; echo rc=$?', { timeoutMs: 60_000 });
+    assert.match(r.stdout, /rc=137/);
+    await waitFor(async () => (await h.ok('qvm-ls', ['--raw-list'])).split('\n').every((n) => before.has(n)), 20_000, 'the disposable to be removed');
   });
 
   void test('a large stream passes unchanged, with backpressure', async () => {

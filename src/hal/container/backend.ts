@@ -270,7 +270,7 @@ export class ContainerBackend implements HypervisorBackend {
           reply.refuse();
           return;
         }
-        listener({ source: spec.name, trigger, connect: () => reply.connect(), refuse: () => { reply.refuse(); } });
+        listener({ source: spec.name, trigger, connect: () => reply.connect(), refuse: () => { reply.refuse(); }, alive: () => reply.alive() });
       });
       const config = buildOciConfig({
         spec,
