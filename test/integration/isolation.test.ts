@@ -407,7 +407,7 @@ describe('qube isolation: attacks from inside a qube, as its root', { skip: NO_P
     assert.equal(v2.out, 'absent\n');
   });
 
-  test('the Admin API socket and the daemon\'s exec socket are unreachable; the only socket is the qube\'s own channel', async () => {
+  test('the Admin API socket and the daemon\'s exec socket are unreachable; the only sockets are the qube\'s own channel and agent socket', async () => {
     const h = host();
     const execSocket = path.join(path.dirname(h.daemon.socketPath), 'qrexec.sock');
     assert.equal(await socketAccepts(h.daemon.socketPath), true);
@@ -444,7 +444,7 @@ describe('qube isolation: attacks from inside a qube, as its root', { skip: NO_P
       assert.equal(get(kv, `connect-proc:${p}`), 'ENOENT');
     }
     // The channel (bound from the host) and the agent's own socket on the qube's /run tmpfs.
-    assert.equal(get(kv, 'sockets'), '["/run/bulkhead/qrexec.sock","/run/qubes/qrexec-agent"]');
+    assert.equal(get(kv, 'sockets'), '["/run/bulkhead/qrexec.sock", "/run/qubes/qrexec-agent"]');
     assert.equal(get(kv, 'channel-source'), path.join(h.daemon.dataDir, 'vm', attackerUuid, 'run', 'qrexec.sock'));
   });
 
