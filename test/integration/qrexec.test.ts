@@ -62,12 +62,15 @@ void describe('qrexec between qubes', { timeout: 300_000 }, () => {
     fs.rmSync(policyFile(host()), { force: true });
   });
 
-  void test('without a rule the call is refused with 126; the caller stays running and the target is not started', async () => {
+  void test('without a rule the call is refused with 126 and a notification event; the caller stays running and the target is not started', async (t) => {
     const h = host();
     await setPolicy(h, '');
+    const events = await h.events(t, 'dom0');
     const r = await call(h, 'qa', 'qb test.Echo');
     assert.equal(r.code, 126, r.stderr);
     assert.match(r.stderr, /Request refused/);
+    // No rule matched: deny with notify=yes, as in Qubes.
+    await waitFor(() => events.names.includes('bulkhead-qrexec-notify'), 5000, 'the notification event');
     assert.equal(await h.state('qa'), 'Running');
     assert.equal(await h.state('qb'), 'Halted');
   });
@@ -81,6 +84,9 @@ void describe('qrexec between qubes', { timeout: 300_000 }, () => {
     assert.equal(await h.state('qb'), 'Running');
     const exit = await call(h, 'qa', 'qb test.Exit');
     assert.equal(exit.code, 3, exit.stderr);
+    // `bulkhead policy eval` asks the daemon for the system's state and reads the same files.
+    const evaluated = await h.ok('bulkhead', ['policy', 'eval', '--policy-dir', path.dirname(policyFile(h)), 'qa', 'qb', 'test.Echo']);
+    assert.match(evaluated, /^result=allow\ntarget=qb\nautostart=True\n/);
     await setPolicy(h, '');
     assert.equal((await call(h, 'qa', 'qb test.Echo')).code, 126);
   });
