@@ -21,6 +21,12 @@ const SERVICES: Record<string, string> = {
   'test.Drain': '#!/bin/sh\ncat >/dev/null\n',
 };
 
+/** Files a test adds to the policy folder, removed even when it fails. */
+const extraPolicyFiles: string[] = [];
+function removeAfterSuite(file: string): void {
+  extraPolicyFiles.push(file);
+}
+
 function policyFile(host: QubeHost): string {
   return path.join(host.daemon.dataDir, 'policy.d', '30-test.policy');
 }
@@ -59,7 +65,7 @@ void describe('qrexec between qubes', { timeout: 300_000 }, () => {
   });
 
   after(() => {
-    fs.rmSync(policyFile(host()), { force: true });
+    for (const f of [policyFile(host()), ...extraPolicyFiles]) fs.rmSync(f, { force: true });
   });
 
   void test('without a rule the call is refused with 126 and a notification event; the caller stays running and the target is not started', async (t) => {
@@ -89,6 +95,22 @@ void describe('qrexec between qubes', { timeout: 300_000 }, () => {
     assert.match(evaluated, /^result=allow\ntarget=qb\nautostart=True\n/);
     await setPolicy(h, '');
     assert.equal((await call(h, 'qa', 'qb test.Echo')).code, 126);
+  });
+
+  void test('a policy file with a syntax error denies every call until fixed; lint and the daemon log name file and line', async () => {
+    const h = host();
+    await setPolicy(h, 'test.Echo * qa qb allow\n');
+    assert.equal((await call(h, 'qa', 'qb test.Echo')).code, 0);
+    const broken = path.join(path.dirname(policyFile(h)), '40-broken.policy');
+    removeAfterSuite(broken);
+    fs.writeFileSync(broken, '# fine\ntest.Other * qa qb allow notify\n');
+    assert.equal((await call(h, 'qa', 'qb test.Echo')).code, 126, 'an error in any file denies everything');
+    const lint = await h.run('bulkhead', ['policy', 'lint', path.dirname(broken)]);
+    assert.equal(lint.code, 1);
+    assert.match(lint.stderr, /40-broken\.policy:2: /);
+    assert.match(h.daemon.stderr(), /40-broken\.policy:2: /);
+    fs.rmSync(broken);
+    assert.equal((await call(h, 'qa', 'qb test.Echo')).code, 0, 'fixed: allowed again');
   });
 
   void test('with LOCAL_PROGRAM, the program\'s stdout feeds the service and the service\'s output feeds the program; its exit code is returned', async () => {
