@@ -22,7 +22,6 @@ import {
   encodeFrame,
   encodeServiceRefused,
   encodeTrigger,
-  FrameParser,
   MSG_SERVICE_CONNECT,
   MSG_SERVICE_REFUSED,
   MSG_TRIGGER_SERVICE3,
@@ -32,6 +31,7 @@ import {
   type ServiceTrigger,
   STREAM_HIGH_WATER_MARK,
 } from '../protocol/qrexec.js';
+import { onFirstFrame } from '../protocol/first-frame.js';
 
 /** Calls waiting for the admin domain's answer, at most (more are refused at once). */
 export const MAX_PENDING_CALLS = 64;
@@ -119,20 +119,8 @@ export class TriggerServer {
     };
     const timer = setTimeout(() => { client.destroy(); }, TRIGGER_TIMEOUT_MS);
     client.once('close', identify);
-    const parser = new FrameParser();
-    const onData = (untrustedChunk: Buffer): void => {
-      let frames;
-      try {
-        frames = parser.push(untrustedChunk);
-      } catch {
-        client.destroy();
-        return;
-      }
-      const [first, ...more] = frames;
-      if (first === undefined) return;
+    onFirstFrame(client, (first, rest) => {
       identify();
-      client.off('data', onData);
-      client.off('end', onEnd);
       if (first.type !== MSG_TRIGGER_SERVICE3) {
         client.destroy();
         return;
@@ -145,12 +133,8 @@ export class TriggerServer {
         client.destroy();
         return;
       }
-      const rest = Buffer.concat([...more.map((f) => encodeFrame(f.type, f.payload)), parser.takeBuffered()]);
       this.#trigger(client, trigger, rest);
-    };
-    const onEnd = (): void => { client.destroy(); };
-    client.on('data', onData);
-    client.once('end', onEnd);
+    });
   }
 
   #trigger(client: net.Socket, trigger: ServiceTrigger, rest: Buffer): void {
@@ -177,6 +161,8 @@ export class TriggerServer {
     client.on('data', onEarly);
     client.once('end', cancel);
     client.once('close', cancel);
+    // The first-frame reader left the socket paused: read on (early bytes, a hang-up).
+    client.resume();
     const stopBuffering = (): void => {
       client.off('data', onEarly);
       client.off('end', cancel);

@@ -8,7 +8,7 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { QubesError } from '../core/errors.js';
-import { onFirstFrame } from '../hal/channel.js';
+import { onFirstFrame } from '../protocol/first-frame.js';
 import {
   CLIENT_EXEC_AUTOSTART,
   CLIENT_EXEC_SERVICE,

@@ -43,6 +43,8 @@ export type AskAnswer = { readonly allow: true; readonly target: string } | { re
 export interface QrexecAdmin {
   /** The policy's view of the system (Qubes' system-info shape), as JSON-able data. */
   systemInfo(): unknown;
+  /** The folder the daemon reads its policy from. */
+  policyDir(): string;
   asks(): readonly PendingAsk[];
   /** Throws QubesError for an unknown id or a target not offered. */
   answerAsk(id: string, answer: AskAnswer): void;
@@ -276,6 +278,9 @@ const METHOD_LIST: readonly MethodDecl[] = [
   { name: 'bulkhead.policy.SystemInfo', scope: 'read', dest: 'adminvm', arg: 'none', payload: 'none',
     help: 'Bulkhead, admin domain only: the qrexec policy\'s view of the qubes as JSON in Qubes\' system-info shape (`bulkhead policy eval`).',
     handler: (c) => `${JSON.stringify(qrexecOf(c).systemInfo())}\n` },
+  { name: 'bulkhead.policy.Dir', scope: 'read', dest: 'adminvm', arg: 'none', payload: 'none',
+    help: 'Bulkhead, admin domain only: the folder the daemon reads its qrexec policy from (`bulkhead policy lint|eval`).',
+    handler: (c) => `${qrexecOf(c).policyDir()}\n` },
   { name: 'bulkhead.ask.List', scope: 'read', dest: 'adminvm', arg: 'none', payload: 'none',
     help: 'Bulkhead, admin domain only: pending qrexec asks, one per line: `ID source=S service=SVC argument=+ARG targets=A,B default_target=T expires_in=SECONDS`.',
     handler: (c) => lines(qrexecOf(c).asks().map((a) =>

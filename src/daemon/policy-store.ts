@@ -57,6 +57,11 @@ export interface PolicyStoreOptions {
 
 export class PolicyStore {
   readonly #dir: string;
+
+  /** The policy folder this store watches. */
+  get dir(): string {
+    return this.#dir;
+  }
   readonly #log: Logger;
   readonly #useWatch: boolean;
   #policy: Policy | null = null;

@@ -97,6 +97,10 @@ export class QrexecRouter implements QrexecAdmin {
     return systemInfo(this.#d.registry, this.#d.lifecycle);
   }
 
+  policyDir(): string {
+    return this.#d.policy.dir;
+  }
+
   asks(): readonly PendingAsk[] {
     return this.#d.asks.list();
   }

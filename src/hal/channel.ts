@@ -29,9 +29,10 @@ import {
   parseTrigger,
   QREXEC_PROTOCOL_VERSION,
   STREAM_HIGH_WATER_MARK,
-  type Frame,
+
   type ServiceTrigger,
 } from '../protocol/qrexec.js';
+import { onFirstFrame } from '../protocol/first-frame.js';
 import { clearSocketPath, listenWithUmask } from './unix-listen.js';
 
 /** A connection must send its first frame within this time. */
@@ -54,34 +55,6 @@ export interface TriggerReply {
   refuse(): void;
   /** False once the caller is known to be gone. */
   alive(): boolean;
-}
-
-/**
- * Reads the first frame of a connection (untrusted, length-checked), then stops reading and hands
- * it over with every byte that came after it, the socket paused: the receiver may switch to a
- * plain byte relay. A framing error, or a peer that hangs up first, destroys the socket.
- */
-export function onFirstFrame(sock: net.Socket, handle: (first: Frame, rest: Buffer) => void): void {
-  const parser = new FrameParser();
-  const onData = (untrustedChunk: Buffer): void => {
-    let frames;
-    try {
-      frames = parser.push(untrustedChunk);
-    } catch {
-      sock.destroy();
-      return;
-    }
-    const first = frames[0];
-    if (first === undefined) return;
-    sock.off('data', onData);
-    sock.off('end', onEnd);
-    sock.pause();
-    const rest = Buffer.concat([...frames.slice(1).map((f) => encodeFrame(f.type, f.payload)), parser.takeBuffered()]);
-    handle(first, rest);
-  };
-  const onEnd = (): void => { sock.destroy(); };
-  sock.on('data', onData);
-  sock.once('end', onEnd);
 }
 
 export class ChannelError extends Error {

@@ -531,6 +531,42 @@ void describe('FrameParser.takeBuffered', () => {
   });
 });
 
+void describe('FrameParser.nextFrame', () => {
+  void test('returns only the first frame; what follows stays raw, even bytes no frame could have', () => {
+    const parser = new FrameParser();
+    const first = encodeFrame(MSG_DATA_STDOUT, Buffer.from('abc'));
+    const junk = Buffer.alloc(20, 0xff);
+    assert.equal(parser.nextFrame(first.subarray(0, 5)), undefined);
+    assert.deepEqual(parser.nextFrame(Buffer.concat([first.subarray(5), junk])), { type: MSG_DATA_STDOUT, payload: Buffer.from('abc') });
+    assert.deepEqual(parser.takeBuffered(), junk);
+  });
+
+  void test('a bad first header throws and poisons the parser', () => {
+    const parser = new FrameParser();
+    assert.throws(() => parser.nextFrame(header(0x999, 0)), isProtocolError);
+    assert.throws(() => parser.nextFrame(Buffer.alloc(0)), isProtocolError);
+    assert.throws(() => new FrameParser().nextFrame(header(MSG_DATA_STDIN, CAP + 1)), isProtocolError);
+  });
+
+  void test('any split: the first frame, then the rest byte for byte', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 40 }), fc.uint8Array({ maxLength: 60 }), fc.array(fc.nat(), { maxLength: 4 }), (payload, tail, cuts) => {
+      const frame = encodeFrame(MSG_DATA_STDIN, payload);
+      const whole = Buffer.concat([frame, Buffer.from(tail)]);
+      const points = [...new Set(cuts.map((c) => c % (whole.length + 1)))].sort((x, y) => x - y);
+      const parser = new FrameParser();
+      let got: Frame | undefined;
+      let start = 0;
+      for (const point of [...points, whole.length]) {
+        got = parser.nextFrame(whole.subarray(start, point));
+        start = point;
+        if (got !== undefined) break;
+      }
+      assert.deepEqual(got, { type: MSG_DATA_STDIN, payload: Buffer.from(payload) });
+      assert.deepEqual(Buffer.concat([parser.takeBuffered(), whole.subarray(start)]), Buffer.from(tail));
+    }));
+  });
+});
+
 // --- service calls: TRIGGER_SERVICE3, SERVICE_REFUSED, the QUBESRPC command line --------------
 //
 // Restated from docs/protocol/qrexec.md, not imported from the code: TRIGGER_SERVICE3 is

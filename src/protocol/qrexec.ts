@@ -471,6 +471,32 @@ export class FrameParser {
   }
 
   /**
+   * Feeds bytes and returns at most one frame (the first complete one); the bytes after it stay
+   * buffered, unparsed, for takeBuffered(). Used to read the first frame of a connection that
+   * may then switch to a plain relay.
+   */
+  nextFrame(untrustedChunk: Buffer): Frame | undefined {
+    if (this.#poisoned) throw new QrexecProtocolError('parser unusable after an earlier protocol error');
+    if (untrustedChunk.length > 0) {
+      this.#chunks.push(untrustedChunk);
+      this.#size += untrustedChunk.length;
+    }
+    try {
+      if (this.#header === undefined) {
+        if (this.#size < FRAME_HEADER_SIZE) return undefined;
+        this.#header = this.#checkHeader(this.#take(FRAME_HEADER_SIZE));
+      }
+      if (this.#size < this.#header.len) return undefined;
+      const frame = { type: this.#header.type, payload: this.#take(this.#header.len) };
+      this.#header = undefined;
+      return frame;
+    } catch (err) {
+      this.#poison();
+      throw err;
+    }
+  }
+
+  /**
    * Hands back every byte not yet returned as a frame (a decoded header re-encoded in front) and
    * empties the parser: used when a connection switches from frame parsing to a plain relay.
    */

@@ -96,8 +96,20 @@ export function formatResolution(r: Resolution): string[] {
   }
 }
 
-function defaultPolicyDir(a: Parsed): string {
-  return path.join(path.resolve(a.str('data-dir') ?? DEFAULT_DATA_DIR), 'policy.d');
+/**
+ * `--data-dir`'s policy folder; without it, the folder of the daemon on `--socket` /
+ * BULKHEAD_SOCKET; with no daemon there, the default data dir's.
+ */
+async function defaultPolicyDir(a: Parsed): Promise<string> {
+  const dataDir = a.str('data-dir');
+  if (dataDir !== undefined) return path.join(path.resolve(dataDir), 'policy.d');
+  try {
+    const dir = (await a.client.call({ method: 'bulkhead.policy.Dir', dest: 'dom0' })).trim();
+    if (path.isAbsolute(dir)) return dir;
+  } catch (err) {
+    if (!(err instanceof DaemonError)) throw err;
+  }
+  return path.join(DEFAULT_DATA_DIR, 'policy.d');
 }
 
 function readSystemInfoFile(file: string): string {
@@ -131,7 +143,7 @@ async function systemInfo(a: Parsed, prog: string): Promise<SystemInfo> {
 async function lint(a: Parsed, args: readonly string[]): Promise<number> {
   if (a.str('policy-dir') !== undefined || a.str('system-info') !== undefined) throw new UsageError('lint takes [--data-dir DIR] [DIR] only');
   if (args.length > 1) throw new UsageError('lint takes at most one directory');
-  const dir = args[0] ?? defaultPolicyDir(a);
+  const dir = args[0] ?? (await defaultPolicyDir(a));
   const loaded = await loadPolicyDir(dir);
   if (!loaded.ok) {
     for (const e of loaded.errors) process.stderr.write(`${e}\n`);
@@ -148,7 +160,7 @@ async function evaluate(a: Parsed, args: readonly string[], prog: string): Promi
   if (source === '') throw new UsageError('SOURCE is empty');
   if (service === '') throw new UsageError(`no service name in '${serviceAndArg}'`);
   const sys = await systemInfo(a, prog);
-  const loaded = await loadPolicyDir(a.str('policy-dir') ?? defaultPolicyDir(a));
+  const loaded = await loadPolicyDir(a.str('policy-dir') ?? (await defaultPolicyDir(a)));
   if (!loaded.ok) {
     for (const e of loaded.errors) process.stderr.write(`${e}\n`);
     for (const line of formatResolution({ result: 'deny', reason: `policy failed to load: ${loaded.errors[0] ?? ''}`, notify: true })) out(line);
@@ -173,7 +185,8 @@ export const policy: Command = {
     '        TARGET \'\' means @default. The qubes come from --system-info FILE (Qubes\' system-info',
     '        JSON) or, without it, from the running daemon. Exit 0 when evaluated (whatever the',
     '        result); 1 when the policy does not load (result=deny is still printed) or input is bad.',
-    `  --data-dir DIR  the daemon's data directory (default ${DEFAULT_DATA_DIR}).`,
+    `  --data-dir DIR  the daemon's data directory. Without it (and without POLICY_DIR / --policy-dir),`,
+    `                  the folder of the daemon on --socket (BULKHEAD_SOCKET); with no daemon, ${DEFAULT_DATA_DIR}.`,
   ].join('\n'),
   run(argv, prog) {
     return runCommand(this, prog, async () => {

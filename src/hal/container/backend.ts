@@ -115,6 +115,8 @@ export class ContainerBackend implements HypervisorBackend {
   readonly #running = new Map<string, RunningQube>();
   /** Starts in progress (before and while in #running as Transient): kill aborts them. */
   readonly #starting = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  /** The agent bundle qubes bind: this daemon's own copy (see #snapshotAgentBundle). */
+  #agentBundle: string;
   readonly #listeners = new Set<(n: ExitNotice) => void>();
   readonly #noticeListeners = new Set<(n: QubeNotice) => void>();
   readonly #serviceListeners = new Set<(r: ServiceRequest) => void>();
@@ -123,6 +125,7 @@ export class ContainerBackend implements HypervisorBackend {
 
   private constructor(opts: ContainerBackendOptions, mode: CgroupMode) {
     this.#opts = opts;
+    this.#agentBundle = opts.agentBundle;
     this.#log = opts.log;
     this.#cgroupMode = mode;
     this.#crun = new Crun(mode);
@@ -151,8 +154,25 @@ export class ContainerBackend implements HypervisorBackend {
       throw new Error(`crun is not usable: ${(err as Error).message}`, { cause: err });
     }
     await backend.#reapLeftovers();
+    backend.#snapshotAgentBundle();
     opts.log.info({ cgroups: mode }, 'container backend ready');
     return backend;
+  }
+
+  /**
+   * Qubes bind the agent bundle from a copy this daemon made when it started: a rebuild of the
+   * project (npm run build replaces dist/agent-bundle) must not pull the agent and its tools
+   * out from under running qubes, nor mix versions. No qube of this data dir runs here yet.
+   */
+  #snapshotAgentBundle(): void {
+    const copy = path.join(this.#opts.dataDir, 'agent-bundle');
+    const staged = `${copy}.new`;
+    fs.rmSync(staged, { recursive: true, force: true });
+    fs.cpSync(this.#opts.agentBundle, staged, { recursive: true });
+    fs.chmodSync(staged, 0o755);
+    fs.rmSync(copy, { recursive: true, force: true });
+    fs.renameSync(staged, copy);
+    this.#agentBundle = copy;
   }
 
   get cgroupMode(): CgroupMode {
@@ -283,7 +303,7 @@ export class ContainerBackend implements HypervisorBackend {
         hostUsr: meta.hostUsr,
         privateVolume,
         socket: paths.socket,
-        agentBundle: this.#opts.agentBundle,
+        agentBundle: this.#agentBundle,
         nodeBinary: this.#opts.nodeBinary ?? process.execPath,
         initBinary: this.#opts.initBinary ?? '/usr/bin/tini-static',
         cgroupsPath,
