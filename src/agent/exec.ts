@@ -19,7 +19,6 @@ import {
   EXIT_QREXEC_INTERNAL,
   EXIT_SERVICE_NOT_FOUND,
   FrameParser,
-  MAX_DATA_CHUNK,
   MSG_DATA_STDERR,
   MSG_DATA_STDIN,
   MSG_DATA_STDOUT,
@@ -27,6 +26,7 @@ import {
   splitServiceAndArg,
   type ServiceCall,
   STREAM_HIGH_WATER_MARK,
+  writeChunked,
 } from '../protocol/qrexec.js';
 import { asUser, baseEnv, lookupUser, workDir, type Account } from './accounts.js';
 import {
@@ -58,11 +58,7 @@ export interface ExecContext {
 }
 
 function sendChunked(sock: net.Socket, type: number, data: Buffer): boolean {
-  let ok = true;
-  for (let off = 0; off < data.length; off += MAX_DATA_CHUNK) {
-    ok = sock.write(encodeFrame(type, data.subarray(off, off + MAX_DATA_CHUNK)));
-  }
-  return ok;
+  return writeChunked(sock, type, data);
 }
 
 function signalNumber(signal: NodeJS.Signals): number {
@@ -271,9 +267,14 @@ function runProcess(
     for (const f of frames) {
       if (f.type !== MSG_DATA_STDIN) continue;
       if (f.payload.length === 0) child.stdin.end();
-      else if (!child.stdin.write(f.payload)) {
-        sock.pause();
-        child.stdin.once('drain', () => { sock.resume(); });
+      else {
+        child.stdin.write(f.payload);
+        // Backpressure past STREAM_HIGH_WATER_MARK, not the pipe's 16 KiB: pausing the
+        // connection for every 64 KiB chunk costs more than the data.
+        if (child.stdin.writableLength >= STREAM_HIGH_WATER_MARK && !sock.isPaused()) {
+          sock.pause();
+          child.stdin.once('drain', () => { sock.resume(); });
+        }
       }
     }
   });

@@ -17,7 +17,6 @@ import {
   EXIT_QREXEC_INTERNAL,
   EXIT_REFUSED,
   FrameParser,
-  MAX_DATA_CHUNK,
   MSG_DATA_EXIT_CODE,
   MSG_DATA_STDERR,
   MSG_DATA_STDIN,
@@ -30,6 +29,7 @@ import {
   parseServiceRefused,
   type Frame,
   STREAM_HIGH_WATER_MARK,
+  writeChunked,
 } from '../protocol/qrexec.js';
 
 /** How long to wait for the admin domain's answer (policy may ask the user): 5 minutes. */
@@ -198,7 +198,7 @@ export class ServiceConnection {
     };
     if (input === undefined || typeof input === 'string' || Buffer.isBuffer(input)) {
       const data = typeof input === 'string' ? Buffer.from(input) : input ?? Buffer.alloc(0);
-      for (let off = 0; off < data.length; off += MAX_DATA_CHUNK) sock.write(encodeFrame(MSG_DATA_STDIN, data.subarray(off, off + MAX_DATA_CHUNK)));
+      writeChunked(sock, MSG_DATA_STDIN, data);
       sendEof();
       return;
     }
@@ -211,9 +211,7 @@ export class ServiceConnection {
     input.on('data', (chunk: Buffer | string) => {
       if (sock.destroyed) return;
       const data = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-      let ok = true;
-      for (let off = 0; off < data.length; off += MAX_DATA_CHUNK) ok = sock.write(encodeFrame(MSG_DATA_STDIN, data.subarray(off, off + MAX_DATA_CHUNK)));
-      if (!ok) {
+      if (!writeChunked(sock, MSG_DATA_STDIN, data)) {
         input.pause();
         sock.once('drain', () => { input.resume(); });
       }

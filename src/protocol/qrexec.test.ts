@@ -29,6 +29,7 @@ import {
   encodeExitCode,
   encodeFrame,
   encodeHello,
+  writeChunked,
   encodeServiceRefused,
   encodeTrigger,
   formatServiceCall,
@@ -528,6 +529,32 @@ void describe('FrameParser.takeBuffered', () => {
       const rebuilt = Buffer.concat([...frames.map((f) => encodeFrame(f.type, f.payload)), parser.takeBuffered()]);
       assert.deepEqual(rebuilt, whole.subarray(0, at));
     }));
+  });
+});
+
+void describe('writeChunked', () => {
+  /** Collects what is written, and whether it came corked (one batch). */
+  function sink(): { out: Buffer[]; corked: number[]; w: { cork(): void; uncork(): void; write(b: Buffer): boolean } } {
+    const out: Buffer[] = [];
+    const corked: number[] = [];
+    let depth = 0;
+    return { out, corked, w: { cork: () => { depth++; }, uncork: () => { depth--; }, write: (b) => { out.push(b); corked.push(depth); return true; } } };
+  }
+
+  void test('splits into 64 KiB frames: header and payload written separately, all corked, no copy of the payload', () => {
+    const s = sink();
+    const data = Buffer.alloc(CAP + 3, 0x61);
+    assert.equal(writeChunked(s.w, MSG_DATA_STDOUT, data), true);
+    assert.deepEqual(Buffer.concat(s.out), Buffer.concat([header(0x191, CAP), data.subarray(0, CAP), header(0x191, 3), data.subarray(CAP)]));
+    assert.ok(s.corked.every((d) => d === 1));
+    assert.equal(s.out[1]?.buffer, data.buffer, 'the payload is a view of the data');
+  });
+
+  void test('nothing for empty data; only DATA_* types', () => {
+    const s = sink();
+    writeChunked(s.w, MSG_DATA_STDIN, Buffer.alloc(0));
+    assert.deepEqual(s.out, []);
+    assert.throws(() => writeChunked(s.w, MSG_EXEC_CMDLINE, Buffer.from('x')), isRangeError);
   });
 });
 

@@ -141,6 +141,37 @@ export function encodeFrame(type: number, payload: Buffer | Uint8Array = EMPTY):
   return frame;
 }
 
+/** What writeChunked needs of a stream (a net.Socket has it). */
+export interface CorkableWritable {
+  cork(): void;
+  uncork(): void;
+  write(chunk: Buffer): boolean;
+}
+
+/**
+ * Writes `data` as frames of `type` with at most MAX_DATA_CHUNK bytes each, header and payload
+ * as separate buffers in one corked batch (one writev, no copy of the payload). Returns what the
+ * last write returned (false: wait for 'drain'). Nothing is written for empty data.
+ */
+export function writeChunked(out: CorkableWritable, type: number, data: Buffer): boolean {
+  if (!isDataType(type)) throw new RangeError(`writeChunked is for DATA_* frames, not 0x${type.toString(16)}`);
+  let ok = true;
+  out.cork();
+  try {
+    for (let off = 0; off < data.length; off += MAX_DATA_CHUNK) {
+      const payload = data.subarray(off, off + MAX_DATA_CHUNK);
+      const header = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
+      header.writeUInt32LE(type, 0);
+      header.writeUInt32LE(payload.length, 4);
+      out.write(header);
+      ok = out.write(payload);
+    }
+  } finally {
+    out.uncork();
+  }
+  return ok;
+}
+
 function u32Payload(value: number): Buffer {
   const payload = Buffer.allocUnsafe(4);
   payload.writeUInt32LE(value, 0);
