@@ -69,16 +69,16 @@ export function normalizeTarget(target: string): string {
 }
 
 /**
- * The qube's channel. In a container qube every user may open it, and a call made on a connection
- * of its own goes straight to the admin domain (one relay less than through the agent).
+ * The call-only socket of a container qube's channel: every user may open it, and a call made
+ * there goes straight to the admin domain (one relay less than through the agent).
  */
-const CHANNEL_SOCKET = '/run/bulkhead/qrexec.sock';
+const CALL_SOCKET = '/run/bulkhead/qrexec-call.sock';
 
-/** The channel when this process may open it, else the agent's trigger socket. */
+/** The call socket when this process may open it, else the agent's trigger socket. */
 export function defaultCallSocket(): string {
   try {
-    fs.accessSync(CHANNEL_SOCKET, fs.constants.R_OK | fs.constants.W_OK);
-    return CHANNEL_SOCKET;
+    fs.accessSync(CALL_SOCKET, fs.constants.R_OK | fs.constants.W_OK);
+    return CALL_SOCKET;
   } catch {
     return AGENT_TRIGGER_SOCKET;
   }

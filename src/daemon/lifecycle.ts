@@ -425,7 +425,12 @@ export class Lifecycle {
     return root;
   }
 
-  /** Deletes the volumes of a qube already removed from the registry. */
+  /** Whether this host has the backend that runs `q` (its volumes can be managed). */
+  hasBackendFor(q: QubeRecord): boolean {
+    return this.#backends.has(this.#backendKind(q));
+  }
+
+  /** Deletes the volumes of a qube (removed from the registry, or about to be). */
   removeVolumes(removed: QubeRecord): void {
     for (const backend of this.#backends.values()) backend.volumes?.remove(removed.uuid);
   }

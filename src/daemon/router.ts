@@ -46,16 +46,20 @@ function requestedTargetWord(t: string): { type: 'name' | 'keyword'; value: stri
 
 /** How long a caller may keep its connection once the service side has finished. */
 const LINGER_MS = 10_000;
+/** How long close() waits for calls in flight to clean up (disposables) before giving up. */
+const CLOSE_WAIT_MS = 5_000;
 
 /**
  * Copies bytes both ways between the caller and the service, unparsed, until both are closed.
- * Half-closes pass through. The caller gone (closed) takes the service side down with it; the
- * service side failing takes the caller down; the service side finishing cleanly lets the caller
- * read the rest, then closes it after LINGER_MS at the latest.
+ * The caller's half-close passes on (the service's stdin ends). The service side ending (its
+ * agent ends after the exit code) is the end of the call: its connection is closed at once, the
+ * caller gets the end after the last bytes and is closed LINGER_MS later if it has not gone by
+ * then. The caller gone takes the service side down; either side failing takes both down.
  */
 export function splice(caller: Duplex, service: Duplex): Promise<void> {
   return new Promise<void>((resolve) => {
     let closed = 0;
+    let linger: NodeJS.Timeout | undefined;
     const onClose = (): void => {
       closed += 1;
       if (closed === 2) resolve();
@@ -63,12 +67,18 @@ export function splice(caller: Duplex, service: Duplex): Promise<void> {
     caller.on('error', () => { caller.destroy(); service.destroy(); });
     service.on('error', () => { service.destroy(); caller.destroy(); });
     caller.once('close', () => {
+      if (linger !== undefined) clearTimeout(linger);
       service.destroy();
       onClose();
     });
+    service.once('end', () => {
+      // pipe() ends the caller after the data already read; the service side has nothing more.
+      setImmediate(() => { service.destroy(); });
+      linger = setTimeout(() => { caller.destroy(); }, LINGER_MS);
+      linger.unref();
+    });
     service.once('close', () => {
       if (!service.readableEnded) caller.destroy();
-      else setTimeout(() => { caller.destroy(); }, LINGER_MS).unref();
       onClose();
     });
     caller.pipe(service);
@@ -213,11 +223,16 @@ export class QrexecRouter implements QrexecAdmin {
     // A service dom0 does not have ends with 127 (serveDom0), as one missing in a qube would.
     const sock = await r.connect();
     this.#track(sock);
-    await serveDom0({ source, service, arg, requestedTarget, sock }, {
-      registry: this.#d.registry,
-      dispatcher: this.#d.dispatcher,
-      visibility: (src, svc) => this.visibility(src, svc),
-    });
+    try {
+      await serveDom0({ source, service, arg, requestedTarget, sock }, {
+        registry: this.#d.registry,
+        dispatcher: this.#d.dispatcher,
+        visibility: (src, svc) => this.visibility(src, svc),
+      });
+    } catch (err) {
+      sock.destroy();
+      throw err;
+    }
   }
 
   /** Runs the service in `targetName` (started first when allowed) and connects the caller. */
@@ -242,6 +257,10 @@ export class QrexecRouter implements QrexecAdmin {
         r.refuse();
         return;
       }
+    }
+    if (this.#closed) {
+      r.refuse();
+      return;
     }
     let remote: Duplex;
     try {
@@ -292,8 +311,12 @@ export class QrexecRouter implements QrexecAdmin {
     try {
       disp = this.#createDisposable(template);
       await lifecycle.start(disp.name);
+      if (this.#closed) throw new Error('the daemon is stopping');
       const remote = await this.#execService(disp, res, serviceAndArg, r.source);
-      const serviceDone = new Promise<void>((resolve) => { remote.once('close', () => { resolve(); }); });
+      const serviceDone = new Promise<void>((resolve) => {
+        if (remote.destroyed) resolve();
+        else remote.once('close', () => { resolve(); });
+      });
       const call = this.#connectCaller(r, remote);
       await serviceDone;
       await this.#destroyDisposable(disp);
@@ -335,15 +358,21 @@ export class QrexecRouter implements QrexecAdmin {
     const { registry, lifecycle, log } = this.#d;
     try {
       if (lifecycle.powerState(disp.name) !== 'Halted') await lifecycle.kill(disp.name);
-      registry.remove(disp.name);
+      // Volumes first: a record without volumes can be removed later, volumes without a record
+      // would be lost for good.
       lifecycle.removeVolumes(disp);
+      registry.remove(disp.name);
     } catch (err) {
       log.error({ qube: disp.name, err: (err as Error).message }, 'qrexec: could not remove a disposable');
     }
   }
 
-  /** Keeps `sock` to close with the router. */
+  /** Keeps `sock` to close with the router (at once, when the router is closing). */
   #track(sock: Duplex): void {
+    if (this.#closed) {
+      sock.destroy();
+      return;
+    }
     this.#active.add(sock);
     sock.once('close', () => { this.#active.delete(sock); });
   }
@@ -353,7 +382,13 @@ export class QrexecRouter implements QrexecAdmin {
     this.#closed = true;
     this.#d.asks.close();
     for (const s of this.#active) s.destroy();
-    await Promise.allSettled([...this.#inflight]);
+    // Calls still setting up notice #closed at their next step; none may hold the daemon's stop.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.#inflight]),
+      new Promise<void>((resolve) => { timer = setTimeout(resolve, CLOSE_WAIT_MS); }),
+    ]);
+    clearTimeout(timer);
   }
 }
 
@@ -364,10 +399,11 @@ export class QrexecRouter implements QrexecAdmin {
 export function removeLeftoverDisposables(registry: Registry, lifecycle: Lifecycle, log: Logger): void {
   for (const q of registry.list()) {
     if (q.klass !== 'DispVM' || qubeValue(registry.state, q, 'auto_cleanup') !== true) continue;
-    if (lifecycle.powerState(q.name) !== 'Halted') continue;
+    // Without its backend on this host its volumes cannot be removed: keep it for a later start.
+    if (!lifecycle.hasBackendFor(q) || lifecycle.powerState(q.name) !== 'Halted') continue;
     try {
-      registry.remove(q.name);
       lifecycle.removeVolumes(q);
+      registry.remove(q.name);
       log.info({ qube: q.name }, 'removed a disposable left from an earlier run');
     } catch (err) {
       log.warn({ qube: q.name, err: (err as Error).message }, 'could not remove a leftover disposable');

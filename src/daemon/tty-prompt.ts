@@ -50,7 +50,7 @@ export class TtyPrompt implements PromptProvider {
       const q = this.#queue.shift();
       if (q === undefined || q.done) continue;
       this.#current = q;
-      this.#shownAt = Date.now();
+      this.#shownAt = performance.now();
       const a = q.ask;
       const arg = a.argument === '+' ? '' : ` (argument ${a.argument.slice(1)})`;
       this.#output.write(
@@ -65,7 +65,7 @@ export class TtyPrompt implements PromptProvider {
   #onLine(line: string): void {
     const q = this.#current;
     if (q === undefined) return;
-    if (Date.now() - this.#shownAt < this.#guardMs) {
+    if (performance.now() - this.#shownAt < this.#guardMs) {
       this.#output.write(`  (ignored: typed before this question was shown) [ask ${q.ask.id}] type a target or 'deny': `);
       return;
     }

@@ -28,11 +28,12 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bh-channel-'));
 after(() => { fs.rmSync(dir, { recursive: true, force: true }); });
 let n = 0;
 
-async function channel(t: TestContext): Promise<{ ch: QubeChannel; sock: string }> {
-  const sock = path.join(dir, `c${n++}.sock`);
-  const ch = await QubeChannel.listen(sock, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
+async function channel(t: TestContext): Promise<{ ch: QubeChannel; sock: string; callSock: string }> {
+  const sock = path.join(dir, `c${n}.sock`);
+  const callSock = path.join(dir, `c${n++}-call.sock`);
+  const ch = await QubeChannel.listen(sock, callSock, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
   t.after(() => ch.close());
-  return { ch, sock };
+  return { ch, sock, callSock };
 }
 
 /** A stand-in agent connection that collects frames. */
@@ -67,10 +68,11 @@ function closed(s: net.Socket): Promise<void> {
 }
 
 describe('qube channel', () => {
-  test('socket is 0666; HELLO is answered with version 3 and marks the channel connected', async (t) => {
-    const { ch, sock } = await channel(t);
-    // Any user of the qube may call services on it; the folder around it is root-only on the host.
-    assert.equal(fs.statSync(sock).mode & 0o777, 0o666);
+  test('the agent socket is 0600, the call socket 0666; HELLO is answered with version 3 and marks the channel connected', async (t) => {
+    const { ch, sock, callSock } = await channel(t);
+    assert.equal(fs.statSync(sock).mode & 0o777, 0o600);
+    // Any user of the qube may call services; the folder around it is root-only on the host.
+    assert.equal(fs.statSync(callSock).mode & 0o777, 0o666);
     const hello = ch.waitHello(2000);
     const a = await connect(sock);
     a.s.write(encodeHello(3));
@@ -82,6 +84,7 @@ describe('qube channel', () => {
     a.s.destroy();
     await ch.close();
     assert.equal(fs.existsSync(sock), false);
+    assert.equal(fs.existsSync(callSock), false);
   });
 
   test('exec: EXEC_CMDLINE with a port, the data connection is matched by DATA_CONNECT', async (t) => {
@@ -196,6 +199,7 @@ interface Call {
 interface Ready {
   readonly ch: QubeChannel;
   readonly sock: string;
+  readonly callSock: string;
   readonly a: Agent;
   /** Every call the handler received, in order. */
   readonly calls: Call[];
@@ -214,7 +218,7 @@ async function agent(t: TestContext, sock: string): Promise<Agent> {
 
 /** A channel with an agent past HELLO; `withHandler` installs a handler that queues the calls. */
 async function ready(t: TestContext, withHandler = true): Promise<Ready> {
-  const { ch, sock } = await channel(t);
+  const { ch, sock, callSock } = await channel(t);
   const calls: Call[] = [];
   let taken = 0;
   const waiters: ((c: Call) => void)[] = [];
@@ -243,7 +247,7 @@ async function ready(t: TestContext, withHandler = true): Promise<Ready> {
       waiters.push(r);
     }
   });
-  return { ch, sock, a, calls, nextCall, disconnected };
+  return { ch, sock, callSock, a, calls, nextCall, disconnected };
 }
 
 function assertRefused(f: Frame, id: string): void {
@@ -453,5 +457,56 @@ describe('qube channel: service calls from the qube', { timeout: 15_000 }, () =>
     const d = await agent(t, r.sock);
     d.s.write(rawFrame(0x1000, le32(f1.payload.readUInt32LE(4))));
     (await pending).destroy();
+  });
+});
+
+describe('qube channel: calls on the call socket', { timeout: 15_000 }, () => {
+  test('only a TRIGGER_SERVICE3 first frame is taken there: HELLO and DATA_CONNECT close the connection', async (t) => {
+    const r = await ready(t);
+    for (const first of [encodeHello(3), rawFrame(0x1000, Buffer.from([1, 0, 0, 0]))]) {
+      const c = await connect(r.callSock);
+      c.s.write(first);
+      await closed(c.s);
+    }
+    assert.equal(r.calls.length, 0);
+    assert.equal(r.ch.connected, true, 'the agent\'s control connection is untouched');
+  });
+
+  test('a refused call: SERVICE_REFUSED, then the daemon closes the connection even if the caller keeps it open', async (t) => {
+    const r = await ready(t);
+    const c = await connect(r.callSock);
+    c.s.write(triggerFrame('vault', 'mine', 'test.Svc'));
+    const call = await r.nextCall();
+    assert.deepEqual(call.t, { target: 'vault', requestId: 'mine', serviceAndArg: 'test.Svc' });
+    call.reply.refuse();
+    assertRefused(await c.next(), 'mine');
+    await closed(c.s);
+  });
+
+  test('an allowed call: SERVICE_CONNECT on the same connection, and bytes the caller sent while waiting come first, in order', async (t) => {
+    const r = await ready(t);
+    const c = await connect(r.callSock);
+    c.s.write(Buffer.concat([triggerFrame('vault', 'mine', 'test.Svc'), Buffer.from('early-')]));
+    const call = await r.nextCall();
+    c.s.write('later');
+    await new Promise((res) => setTimeout(res, 50));
+    const sock = await call.reply.connect();
+    const f = await c.next();
+    assert.equal(f.type, 0x202);
+    assert.equal(parseExecParams(f.payload).cmdline, 'mine');
+    assert.deepEqual(await readBytes(sock, 11), Buffer.from('early-later'));
+    sock.destroy();
+  });
+
+  test('a caller that hangs up while waiting is reported gone; connect() then rejects', async (t) => {
+    const r = await ready(t);
+    const c = await connect(r.callSock);
+    c.s.write(triggerFrame('vault', 'mine', 'test.Svc'));
+    const call = await r.nextCall();
+    assert.equal(call.reply.alive(), true);
+    c.s.end();
+    await new Promise((res) => setTimeout(res, 50));
+    assert.equal(call.reply.alive(), false);
+    await assert.rejects(call.reply.connect(), ChannelError);
   });
 });

@@ -67,11 +67,19 @@ interface PendingExec {
   timer: NodeJS.Timeout;
 }
 
+/** One listening socket of the channel, with its own count of connections not yet identified. */
+interface Listener {
+  readonly server: net.Server;
+  readonly path: string;
+  unidentified: number;
+}
+
 export class QubeChannel {
-  readonly #server: net.Server;
-  readonly #path: string;
+  /** The agent's socket (0600, the qube's root): HELLO, DATA_CONNECT, the agent's triggers. */
+  readonly #agentSide: Listener;
+  /** The call-only socket (0666, every user of the qube): TRIGGER_SERVICE3 first, nothing else. */
+  readonly #callSide: Listener;
   #control: net.Socket | undefined;
-  #unidentified = 0;
   /** Numbers of the calls made on their own connections (keys of #openTriggers: `conn:N`). */
   #nextCall = 1;
   readonly #pending = new Map<number, PendingExec>();
@@ -86,34 +94,52 @@ export class QubeChannel {
   /** Every connection ever accepted and still open: all closed with the channel. */
   readonly #sockets = new Set<net.Socket>();
 
-  private constructor(server: net.Server, socketPath: string) {
-    this.#server = server;
-    this.#path = socketPath;
-    server.on('connection', (s) => { this.#accept(s); });
+  private constructor(agentSide: Listener, callSide: Listener) {
+    this.#agentSide = agentSide;
+    this.#callSide = callSide;
+    agentSide.server.on('connection', (s) => { this.#accept(s, agentSide); });
+    callSide.server.on('connection', (s) => { this.#accept(s, callSide); });
   }
 
-  /** Listens on `socketPath`, owned by `uid:gid` (the qube's root) with mode 0600. */
-  static async listen(socketPath: string, uid: number, gid: number): Promise<QubeChannel> {
-    clearSocketPath(socketPath);
-    const server = net.createServer({ allowHalfOpen: true, highWaterMark: STREAM_HIGH_WATER_MARK });
-    // 0600 from the start, handed to the qube's root, then opened to every user of the qube (any
-    // of them may call services, as in Qubes): the folder it sits in is root-only on the host.
-    await listenWithUmask(server, socketPath, 0o177);
-    fs.chownSync(socketPath, uid, gid);
-    fs.chmodSync(socketPath, 0o666);
-    return new QubeChannel(server, socketPath);
+  /**
+   * Listens on the agent's socket `socketPath` (mode 0600) and the call-only socket
+   * `callSocketPath` (mode 0666: any user of the qube may call services, as in Qubes; the folder
+   * they sit in is root-only on the host), both owned by `uid:gid` (the qube's root).
+   */
+  static async listen(socketPath: string, callSocketPath: string, uid: number, gid: number): Promise<QubeChannel> {
+    const sides: Listener[] = [];
+    try {
+      for (const [p, mode] of [[socketPath, 0o600], [callSocketPath, 0o666]] as const) {
+        clearSocketPath(p);
+        const server = net.createServer({ allowHalfOpen: true, highWaterMark: STREAM_HIGH_WATER_MARK });
+        // 0600 from the start, then handed to the qube's root (and opened up, for the call socket).
+        await listenWithUmask(server, p, 0o177);
+        sides.push({ server, path: p, unidentified: 0 });
+        fs.chownSync(p, uid, gid);
+        fs.chmodSync(p, mode);
+      }
+    } catch (err) {
+      for (const side of sides) {
+        side.server.close();
+        fs.rmSync(side.path, { force: true });
+      }
+      throw err;
+    }
+    const [agentSide, callSide] = sides;
+    if (agentSide === undefined || callSide === undefined) throw new ChannelError('channel sockets missing');
+    return new QubeChannel(agentSide, callSide);
   }
 
   get connected(): boolean {
     return this.#control !== undefined && !this.#control.destroyed;
   }
 
-  #accept(sock: net.Socket): void {
-    if (this.#closed || this.#unidentified >= MAX_UNIDENTIFIED) {
+  #accept(sock: net.Socket, side: Listener): void {
+    if (this.#closed || side.unidentified >= MAX_UNIDENTIFIED) {
       sock.destroy();
       return;
     }
-    this.#unidentified++;
+    side.unidentified++;
     this.#sockets.add(sock);
     sock.once('close', () => this.#sockets.delete(sock));
     let identified = false;
@@ -121,7 +147,7 @@ export class QubeChannel {
     const done = (): void => {
       if (identified) return;
       identified = true;
-      this.#unidentified--;
+      side.unidentified--;
       clearTimeout(timer);
     };
     sock.on('error', () => { /* reported through close */ });
@@ -129,13 +155,15 @@ export class QubeChannel {
     onFirstFrame(sock, (first, rest) => {
       done();
       try {
-        if (first.type === MSG_HELLO) {
+        if (side === this.#callSide) {
+          // The call socket is for calls and nothing else.
+          if (first.type === MSG_TRIGGER_SERVICE3) this.#onCallConnection(sock, parseTrigger(first.payload), rest);
+          else sock.destroy();
+        } else if (first.type === MSG_HELLO) {
           parseHello(first.payload);
           this.#onControl(sock, rest);
         } else if (first.type === MSG_DATA_CONNECT) {
           this.#onData(sock, parseDataConnect(first.payload), rest);
-        } else if (first.type === MSG_TRIGGER_SERVICE3) {
-          this.#onCallConnection(sock, parseTrigger(first.payload), rest);
         } else {
           sock.destroy();
         }
@@ -208,17 +236,45 @@ export class QubeChannel {
       sock.destroy();
       return;
     }
+    // While the call waits (policy, ask, target start), the caller's early bytes are kept (up to
+    // a cap, then reading pauses) and its hang-up is noticed.
+    const early: Buffer[] = rest.length > 0 ? [rest] : [];
+    let earlyBytes = rest.length;
+    let gone = false;
+    const onEarly = (chunk: Buffer): void => {
+      early.push(chunk);
+      earlyBytes += chunk.length;
+      if (earlyBytes >= STREAM_HIGH_WATER_MARK) sock.pause();
+    };
+    const onGone = (): void => { gone = true; };
+    const stopWaiting = (): void => {
+      sock.off('data', onEarly);
+      sock.off('end', onGone);
+      sock.off('close', onGone);
+    };
+    sock.on('data', onEarly);
+    sock.once('end', onGone);
+    sock.once('close', onGone);
+    sock.resume();
     this.#dispatchTrigger(t, `conn:${this.#nextCall++}`, {
       refuse: () => {
-        if (!sock.destroyed) sock.end(encodeFrame(MSG_SERVICE_REFUSED, encodeServiceRefused(t.requestId)));
+        stopWaiting();
+        // The refusal is flushed, then the connection is gone: a caller that keeps its end
+        // open holds nothing of the daemon's.
+        if (!sock.destroyed) sock.end(encodeFrame(MSG_SERVICE_REFUSED, encodeServiceRefused(t.requestId)), () => { sock.destroy(); });
       },
       connect: () => {
-        if (sock.destroyed) return Promise.reject(new ChannelError('the caller hung up'));
+        stopWaiting();
+        sock.pause();
+        if (sock.destroyed || gone) {
+          sock.destroy();
+          return Promise.reject(new ChannelError('the caller hung up'));
+        }
         sock.write(encodeFrame(MSG_SERVICE_CONNECT, encodeExecParams(0, 0, t.requestId)));
-        if (rest.length > 0) sock.unshift(rest);
+        if (early.length > 0) sock.unshift(Buffer.concat(early));
         return Promise.resolve(sock);
       },
-      alive: () => !sock.destroyed && this.connected,
+      alive: () => !gone && !sock.destroyed && this.connected,
     });
   }
 
@@ -344,7 +400,9 @@ export class QubeChannel {
     for (const w of this.#helloWaiters) w.reject(new ChannelError('channel closed'));
     this.#helloWaiters = [];
     for (const s of this.#sockets) s.destroy();
-    await new Promise<void>((resolve) => { this.#server.close(() => { resolve(); }); });
-    fs.rmSync(this.#path, { force: true });
+    await Promise.all([this.#agentSide, this.#callSide].map((side) => new Promise<void>((resolve) => {
+      side.server.close(() => { resolve(); });
+      fs.rmSync(side.path, { force: true });
+    })));
   }
 }

@@ -443,8 +443,8 @@ describe('qube isolation: attacks from inside a qube, as its root', { skip: NO_P
       assert.equal(get(kv, `connect:${p}`), 'ENOENT');
       assert.equal(get(kv, `connect-proc:${p}`), 'ENOENT');
     }
-    // The channel (bound from the host) and the agent's own socket on the qube's /run tmpfs.
-    assert.equal(get(kv, 'sockets'), '["/run/bulkhead/qrexec.sock", "/run/qubes/qrexec-agent"]');
+    // The channel's two sockets (bound from the host) and the agent's own on the qube's /run tmpfs.
+    assert.equal(get(kv, 'sockets'), '["/run/bulkhead/qrexec-call.sock", "/run/bulkhead/qrexec.sock", "/run/qubes/qrexec-agent"]');
     assert.equal(get(kv, 'channel-source'), path.join(h.daemon.dataDir, 'vm', attackerUuid, 'run', 'qrexec.sock'));
   });
 

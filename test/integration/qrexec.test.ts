@@ -302,10 +302,15 @@ void describe('qrexec between qubes', { timeout: 300_000 }, () => {
       'Buffer.from([0x12,0x02,0,0, 0,0,0,0x40])',
       'Buffer.from([0x00,0x10,0,0, 4,0,0,0, 9,9,9,9])',
     ];
-    const script = `const net=require('net');let n=0;for(const b of [${junk.join(',')}]){const s=net.connect('/run/bulkhead/qrexec.sock');s.on('error',()=>{});s.on('close',()=>{if(++n===3)console.log('closed')});s.write(b)}`;
-    const garbage = await h.root('qa', `/run/bulkhead/node -e "${script}"`, { timeoutMs: 20_000 });
+    const script = (sock: string): string => `const net=require('net');let n=0;for(const b of [${junk.join(',')}]){const s=net.connect('${sock}');s.on('error',()=>{});s.on('close',()=>{if(++n===3)console.log('closed')});s.write(b)}`;
+    const garbage = await h.root('qa', `/run/bulkhead/node -e "${script('/run/bulkhead/qrexec.sock')}"`, { timeoutMs: 20_000 });
     assert.equal(garbage.code, 0, garbage.stderr);
     assert.equal(garbage.stdout.trim(), 'closed', 'the daemon drops each bad connection');
+    // The same from an unprivileged user on the call socket; the agent's socket is closed to it.
+    const userGarbage = await h.exec('qa', `/run/bulkhead/node -e "${script('/run/bulkhead/qrexec-call.sock')}"`, { timeoutMs: 20_000 });
+    assert.equal(userGarbage.stdout.trim(), 'closed', userGarbage.stderr);
+    const agentSocket = await h.exec('qa', `/run/bulkhead/node -e "require('net').connect('/run/bulkhead/qrexec.sock').on('error',(e)=>console.log(e.code))"`);
+    assert.equal(agentSocket.stdout.trim(), 'EACCES');
     // 40 calls at once, all asks: a few wait for an answer, the rest are refused at once.
     const flood = await h.exec('qa', 'for i in $(seq 40); do qrexec-client-vm qb test.Echo </dev/null >/dev/null 2>&1 & done; wait; echo done', { timeoutMs: 60_000 });
     assert.equal(flood.code, 0, flood.stderr);

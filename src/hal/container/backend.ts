@@ -153,8 +153,13 @@ export class ContainerBackend implements HypervisorBackend {
       clearInterval(backend.#watchdog);
       throw new Error(`crun is not usable: ${(err as Error).message}`, { cause: err });
     }
-    await backend.#reapLeftovers();
-    backend.#snapshotAgentBundle();
+    try {
+      await backend.#reapLeftovers();
+      backend.#snapshotAgentBundle();
+    } catch (err) {
+      clearInterval(backend.#watchdog);
+      throw err;
+    }
     opts.log.info({ cgroups: mode }, 'container backend ready');
     return backend;
   }
@@ -168,10 +173,16 @@ export class ContainerBackend implements HypervisorBackend {
     const copy = path.join(this.#opts.dataDir, 'agent-bundle');
     const staged = `${copy}.new`;
     fs.rmSync(staged, { recursive: true, force: true });
-    fs.cpSync(this.#opts.agentBundle, staged, { recursive: true });
-    fs.chmodSync(staged, 0o755);
-    fs.rmSync(copy, { recursive: true, force: true });
-    fs.renameSync(staged, copy);
+    try {
+      // The real folder, not a link to it: a link would be copied as a link.
+      fs.cpSync(fs.realpathSync(this.#opts.agentBundle), staged, { recursive: true });
+      fs.chmodSync(staged, 0o755);
+      fs.rmSync(copy, { recursive: true, force: true });
+      fs.renameSync(staged, copy);
+    } catch (err) {
+      fs.rmSync(staged, { recursive: true, force: true });
+      throw new Error(`cannot copy the agent bundle into the data dir: ${(err as Error).message}`, { cause: err });
+    }
     this.#agentBundle = copy;
   }
 
@@ -283,7 +294,7 @@ export class ContainerBackend implements HypervisorBackend {
       }
 
       fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
-      channel = await QubeChannel.listen(paths.socket, base, base);
+      channel = await QubeChannel.listen(paths.socket, paths.callSocket, base, base);
       channel.onServiceRequest((trigger, reply) => {
         const listener = [...this.#serviceListeners][0];
         if (listener === undefined) {
@@ -303,6 +314,7 @@ export class ContainerBackend implements HypervisorBackend {
         hostUsr: meta.hostUsr,
         privateVolume,
         socket: paths.socket,
+        callSocket: paths.callSocket,
         agentBundle: this.#agentBundle,
         nodeBinary: this.#opts.nodeBinary ?? process.execPath,
         initBinary: this.#opts.initBinary ?? '/usr/bin/tini-static',

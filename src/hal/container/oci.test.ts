@@ -15,7 +15,7 @@ function inputs(over: Partial<OciInputs> = {}): OciInputs {
   return {
     spec, top: '/d/vm/u/volatile/top', rootVolume: '/d/vm/t/root', volatileRoot: true, topDirs: ['etc', 'var'],
     upper: '/d/vm/u/volatile/upper', work: '/d/vm/u/volatile/work', hostUsr: true, privateVolume: '/d/vm/u/private',
-    socket: '/d/vm/u/run/qrexec.sock', agentBundle: '/opt/b/agent-bundle', nodeBinary: '/usr/bin/node',
+    socket: '/d/vm/u/run/qrexec.sock', callSocket: '/d/vm/u/run/qrexec-call.sock', agentBundle: '/opt/b/agent-bundle', nodeBinary: '/usr/bin/node',
     initBinary: '/usr/bin/tini-static', cgroupsPath: '/bulkhead/bh-x', pidsLimit: 4096, ...over,
   };
 }

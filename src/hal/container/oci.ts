@@ -36,6 +36,7 @@ export interface OciInputs {
   /** The private volume (persistent, or volatile for a DispVM). */
   readonly privateVolume: string;
   readonly socket: string;
+  readonly callSocket: string;
   readonly agentBundle: string;
   readonly nodeBinary: string;
   readonly initBinary: string;
@@ -139,6 +140,7 @@ export function buildOciConfig(i: OciInputs): OciConfig {
     { destination: `${AGENT_DIR}/node`, type: 'bind', source: i.nodeBinary, options: ['bind', 'ro', 'nosuid', 'nodev'] },
     { destination: `${AGENT_DIR}/init`, type: 'bind', source: i.initBinary, options: ['bind', 'ro', 'nosuid', 'nodev'] },
     { destination: `${AGENT_DIR}/qrexec.sock`, type: 'bind', source: i.socket, options: ['bind', 'nosuid', 'nodev', 'noexec'] },
+    { destination: `${AGENT_DIR}/qrexec-call.sock`, type: 'bind', source: i.callSocket, options: ['bind', 'nosuid', 'nodev', 'noexec'] },
   );
   const caps = [...QUBE_CAPABILITIES];
   const linux: OciConfig['linux'] = {

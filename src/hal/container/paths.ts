@@ -32,6 +32,8 @@ export interface QubePaths {
   /** Runtime: OCI bundle, the qube's channel socket, console log. */
   readonly run: string;
   readonly socket: string;
+  /** The call-only socket every user of the qube may use (service calls). */
+  readonly callSocket: string;
   readonly console: string;
 }
 
@@ -47,6 +49,7 @@ export function qubePaths(dataDir: string, uuid: string): QubePaths {
     volatile: path.join(dataDir, 'volatile', uuid),
     run: path.join(dir, 'run'),
     socket: path.join(dir, 'run', 'qrexec.sock'),
+    callSocket: path.join(dir, 'run', 'qrexec-call.sock'),
     console: path.join(dir, 'run', 'console.log'),
   };
 }
