@@ -38,6 +38,22 @@ export function lookupUser(name: string, passwdFile = '/etc/passwd'): Account | 
 
 const SETPRIV = '/usr/bin/setpriv';
 
+/** Whether /etc/group lists the account in a group other than its primary one (true when unreadable). */
+export function hasOtherGroups(account: Account, groupFile = '/etc/group'): boolean {
+  let text: string;
+  try {
+    text = fs.readFileSync(groupFile, 'utf8');
+  } catch {
+    return true;
+  }
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length < 4 || Number(f[2]) === account.gid) continue;
+    if ((f[3] ?? '').split(',').includes(account.name)) return true;
+  }
+  return false;
+}
+
 export interface SpawnPlan {
   readonly file: string;
   readonly args: string[];
@@ -46,13 +62,14 @@ export interface SpawnPlan {
 
 /**
  * How to run `argv` as the account. Node's own uid/gid switch drops every supplementary group,
- * so where the qube has setpriv (util-linux) it switches ids and sets the user's groups from
- * /etc/group; root's commands run directly.
+ * so for a user with groups besides its own, where the qube has setpriv (util-linux), setpriv
+ * switches ids and sets the user's groups from /etc/group; root's commands run directly.
  */
-export function asUser(account: Account, argv: readonly [string, ...string[]]): SpawnPlan {
+export function asUser(account: Account, argv: readonly [string, ...string[]], groupFile = '/etc/group'): SpawnPlan {
   const [file, ...rest] = argv;
   if (account.uid === 0 && account.gid === 0) return { file, args: rest, ids: {} };
-  if (fs.existsSync(SETPRIV)) {
+  // A user in no group but its own needs no setpriv (an exec and an /etc/group read less).
+  if (fs.existsSync(SETPRIV) && hasOtherGroups(account, groupFile)) {
     return { file: SETPRIV, args: [`--reuid=${account.uid}`, `--regid=${account.gid}`, '--init-groups', '--', ...argv], ids: {} };
   }
   return { file, args: rest, ids: { uid: account.uid, gid: account.gid } };
