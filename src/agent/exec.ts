@@ -18,7 +18,7 @@ import {
   encodeFrame,
   EXIT_QREXEC_INTERNAL,
   EXIT_SERVICE_NOT_FOUND,
-  FrameParser,
+  StreamingFrameParser,
   MSG_DATA_STDERR,
   MSG_DATA_STDIN,
   MSG_DATA_STDOUT,
@@ -253,22 +253,23 @@ function runProcess(
     });
   }
   child.stdin.on('error', () => { /* the command stopped reading */ });
-  const parser = new FrameParser();
+  // Stdin passes in pieces, as it arrives: no frame is buffered whole or copied on the way.
+  const parser = new StreamingFrameParser();
   sock.on('data', (untrustedChunk: Buffer) => {
-    let frames;
+    let pieces;
     try {
-      frames = parser.push(untrustedChunk);
+      pieces = parser.push(untrustedChunk);
     } catch (err) {
       ctx.log(`data connection ${port}: ${(err as Error).message}`);
       sock.destroy();
       child.kill('SIGKILL');
       return;
     }
-    for (const f of frames) {
+    for (const f of pieces) {
       if (f.type !== MSG_DATA_STDIN) continue;
-      if (f.payload.length === 0) child.stdin.end();
+      if (f.frameLength === 0) child.stdin.end();
       else {
-        child.stdin.write(f.payload);
+        child.stdin.write(f.data);
         // Backpressure past STREAM_HIGH_WATER_MARK, not the pipe's 16 KiB: pausing the
         // connection for every 64 KiB chunk costs more than the data.
         if (child.stdin.writableLength >= STREAM_HIGH_WATER_MARK && !sock.isPaused()) {
@@ -318,20 +319,20 @@ function runSocketService(sock: net.Socket, socketPath: string, descriptor: Buff
       end();
       return;
     }
-    const parser = new FrameParser();
+    const parser = new StreamingFrameParser();
     sock.on('data', (untrustedChunk: Buffer) => {
-      let frames;
+      let pieces;
       try {
-        frames = parser.push(untrustedChunk);
+        pieces = parser.push(untrustedChunk);
       } catch {
         sock.destroy();
         service.destroy();
         return;
       }
-      for (const f of frames) {
+      for (const f of pieces) {
         if (f.type !== MSG_DATA_STDIN) continue;
-        if (f.payload.length === 0) service.end();
-        else if (!service.write(f.payload)) {
+        if (f.frameLength === 0) service.end();
+        else if (!service.write(f.data)) {
           sock.pause();
           service.once('drain', () => { sock.resume(); });
         }

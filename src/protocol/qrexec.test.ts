@@ -30,6 +30,8 @@ import {
   encodeFrame,
   encodeHello,
   writeChunked,
+  StreamingFrameParser,
+  type FramePiece,
   encodeServiceRefused,
   encodeTrigger,
   formatServiceCall,
@@ -529,6 +531,90 @@ void describe('FrameParser.takeBuffered', () => {
       const rebuilt = Buffer.concat([...frames.map((f) => encodeFrame(f.type, f.payload)), parser.takeBuffered()]);
       assert.deepEqual(rebuilt, whole.subarray(0, at));
     }));
+  });
+});
+
+void describe('StreamingFrameParser', () => {
+  /** Joins the pieces back into whole frames (type, payload), checking each frame's pieces agree. */
+  function join(pieces: readonly FramePiece[]): { type: number; payload: Buffer }[] {
+    const out: { type: number; payload: Buffer }[] = [];
+    let parts: Buffer[] = [];
+    for (const p of pieces) {
+      parts.push(p.data);
+      if (p.last) {
+        const payload = Buffer.concat(parts);
+        assert.equal(payload.length, p.frameLength);
+        out.push({ type: p.type, payload });
+        parts = [];
+      }
+    }
+    assert.deepEqual(parts, [], 'no half frame left over in the pieces');
+    return out;
+  }
+
+  void test('data payloads come in pieces as they arrive, as views of the pushed chunk; other frames whole', () => {
+    const p = new StreamingFrameParser();
+    const chunk = Buffer.concat([header(0x190, 10), Buffer.from('01234')]);
+    const first = p.push(chunk);
+    assert.equal(first.length, 1);
+    assert.deepEqual(first[0], { type: 0x190, data: Buffer.from('01234'), frameLength: 10, last: false });
+    assert.equal(first[0].data.buffer, chunk.buffer, 'a view, not a copy');
+    assert.equal(p.pending, 13);
+    const rest = p.push(Buffer.concat([Buffer.from('56789'), header(0x190, 0), header(0x193, 4), Buffer.from([7, 0]), Buffer.from([0, 0])].slice(0, 4)));
+    assert.deepEqual(rest.map((x) => [x.type, x.data.toString('hex'), x.frameLength, x.last]), [[0x190, Buffer.from('56789').toString('hex'), 10, true], [0x190, '', 0, true]]);
+    const exit = p.push(Buffer.from([0, 0]));
+    assert.deepEqual(exit.map((x) => [x.type, x.data.toString('hex'), x.last]), [[0x193, '07000000', true]]);
+    assert.equal(p.pending, 0);
+  });
+
+  void test('an unknown type or an oversized length is refused from the header, before any payload, and poisons', () => {
+    const p = new StreamingFrameParser();
+    assert.throws(() => p.push(header(0x999, 1)), isProtocolError);
+    assert.throws(() => p.push(Buffer.alloc(0)), isProtocolError);
+    assert.throws(() => new StreamingFrameParser().push(header(0x190, CAP + 1)), isProtocolError);
+    assert.throws(() => new StreamingFrameParser().push(header(0x300, CAP + 1)), isProtocolError);
+  });
+
+  void test('property: on any byte stream in any split it agrees with FrameParser (same frames, or both refuse)', () => {
+    const pieceArb = fc.oneof(
+      fc.tuple(fc.constantFrom(0x190, 0x191, 0x192, 0x193, 0x300, 0x1000), fc.uint8Array({ maxLength: 70 })).map(([type, p]) => encodeFrame(type, p)),
+      fc.uint8Array({ maxLength: 20 }).map((a) => Buffer.from(a)),
+    );
+    fc.assert(fc.property(fc.array(pieceArb, { maxLength: 8 }), fc.array(fc.nat(), { maxLength: 6 }), (parts, cuts) => {
+      const whole = Buffer.concat(parts);
+      let expected: { type: number; payload: Buffer }[] | 'error';
+      let wholePending = 0;
+      try {
+        const fp = new FrameParser();
+        expected = fp.push(whole).map((f) => ({ type: f.type, payload: Buffer.from(f.payload) }));
+        wholePending = fp.pending;
+      } catch (err) {
+        if (!isProtocolError(err)) throw err;
+        expected = 'error';
+      }
+      const sp = new StreamingFrameParser();
+      const points = [...new Set(cuts.map((c) => c % (whole.length + 1)))].sort((a, b) => a - b);
+      const got: FramePiece[] = [];
+      let start = 0;
+      let failed = false;
+      try {
+        for (const point of [...points, whole.length]) {
+          got.push(...sp.push(whole.subarray(start, point)));
+          start = point;
+        }
+      } catch (err) {
+        if (!isProtocolError(err)) throw err;
+        failed = true;
+      }
+      if (expected === 'error') {
+        assert.equal(failed, true);
+      } else {
+        assert.equal(failed, false);
+        const complete = got.filter((p, i) => p.last || got.slice(i + 1).some((q) => q.last));
+        assert.deepEqual(join(complete), expected);
+        assert.equal(sp.pending, wholePending);
+      }
+    }), { numRuns: 500 });
   });
 });
 

@@ -86,6 +86,7 @@ const KNOWN_TYPES: ReadonlySet<number> = new Set([
 const EXEC_PARAMS_HEADER = 8;
 const UINT32_MAX = 0xffffffff;
 const EMPTY = new Uint8Array(0);
+const EMPTY_BUFFER = Buffer.alloc(0);
 
 /** Raised for any violation by the peer; the connection must be dropped. */
 export class QrexecProtocolError extends Error {
@@ -438,6 +439,85 @@ export function parseServiceCommand(command: string): Omit<ServiceCall, 'user'> 
     throw new QrexecProtocolError('malformed QUBESRPC command');
   }
   return { serviceAndArg, source, requestedTarget: { type, value } };
+}
+
+/** A piece of a frame from StreamingFrameParser. */
+export interface FramePiece {
+  readonly type: number;
+  /** Payload bytes of this piece (for DATA_STDIN/STDOUT/STDERR possibly a part of the payload). */
+  readonly data: Buffer;
+  /** The payload length the frame's header announced (0: an EOF frame). */
+  readonly frameLength: number;
+  /** This piece ends its frame. */
+  readonly last: boolean;
+}
+
+/**
+ * Like FrameParser, but the payload of DATA_STDIN/STDOUT/STDERR frames is handed out in pieces as
+ * it arrives, as views of the pushed chunks: never buffered whole, never copied. Used where bulk
+ * data passes through (an agent feeding a service's stdin). Other frames come whole, as one last
+ * piece. Each header is checked (known type, length within the cap for its type) before any of
+ * its payload is taken; any violation throws QrexecProtocolError and poisons the parser.
+ */
+export class StreamingFrameParser {
+  readonly #header = Buffer.alloc(FRAME_HEADER_SIZE);
+  #headerFill = 0;
+  /** The frame whose payload is coming in. */
+  #cur: { type: number; len: number; remaining: number; parts: Buffer[] | undefined } | undefined;
+  #poisoned = false;
+
+  push(untrustedChunk: Buffer): FramePiece[] {
+    if (this.#poisoned) throw new QrexecProtocolError('parser unusable after an earlier protocol error');
+    const pieces: FramePiece[] = [];
+    let off = 0;
+    try {
+      while (off < untrustedChunk.length) {
+        const cur = this.#cur;
+        if (cur === undefined) {
+          const n = Math.min(FRAME_HEADER_SIZE - this.#headerFill, untrustedChunk.length - off);
+          untrustedChunk.copy(this.#header, this.#headerFill, off, off + n);
+          this.#headerFill += n;
+          off += n;
+          if (this.#headerFill < FRAME_HEADER_SIZE) break;
+          this.#headerFill = 0;
+          const type = this.#header.readUInt32LE(0);
+          const len = this.#header.readUInt32LE(4);
+          if (!KNOWN_TYPES.has(type)) throw new QrexecProtocolError(`unknown frame type 0x${type.toString(16)}`);
+          const cap = maxPayloadFor(type);
+          if (len > cap) throw new QrexecProtocolError(`frame type 0x${type.toString(16)} announces ${len} bytes, cap is ${cap}`);
+          if (len === 0) {
+            pieces.push({ type, data: EMPTY_BUFFER, frameLength: 0, last: true });
+          } else {
+            const streamed = type === MSG_DATA_STDIN || type === MSG_DATA_STDOUT || type === MSG_DATA_STDERR;
+            this.#cur = { type, len, remaining: len, parts: streamed ? undefined : [] };
+          }
+          continue;
+        }
+        const n = Math.min(cur.remaining, untrustedChunk.length - off);
+        const piece = untrustedChunk.subarray(off, off + n);
+        off += n;
+        cur.remaining -= n;
+        const last = cur.remaining === 0;
+        if (cur.parts === undefined) {
+          pieces.push({ type: cur.type, data: piece, frameLength: cur.len, last });
+        } else {
+          cur.parts.push(piece);
+          if (last) pieces.push({ type: cur.type, data: Buffer.concat(cur.parts), frameLength: cur.len, last });
+        }
+        if (last) this.#cur = undefined;
+      }
+    } catch (err) {
+      this.#poisoned = true;
+      this.#cur = undefined;
+      throw err;
+    }
+    return pieces;
+  }
+
+  /** Bytes of a frame begun but not finished (0 exactly at a frame boundary). */
+  get pending(): number {
+    return this.#headerFill + (this.#cur === undefined ? 0 : FRAME_HEADER_SIZE + this.#cur.len - this.#cur.remaining);
+  }
 }
 
 interface PendingHeader {
