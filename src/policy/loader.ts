@@ -171,6 +171,13 @@ class Loader {
       return;
     }
     const at = { file, line: entry.line };
+    // Includes cost reads whether or not they repeat: once the budget is gone (or the error list
+    // is full), the rest are not even looked at. The policy has failed by then anyway.
+    if (this.full) return;
+    if (this.#filesLeft <= 0) {
+      this.#error(at, `more than ${MAX_POLICY_FILES} policy files read`);
+      return;
+    }
     const target = this.#resolve(entry.path);
     const st = await this.#fs.stat(target);
     this.#watch(target, st.stamp);
@@ -179,6 +186,8 @@ class Loader {
         this.#error(at, `!include-dir ${entry.path}: not a directory`);
         return;
       }
+      // A listing counts against the file budget like a file.
+      this.#filesLeft--;
       const files = await this.listDir(target, at);
       for (const f of files ?? []) await this.loadFile(f, { kind: 'new' }, chain, at);
       return;
