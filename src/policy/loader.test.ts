@@ -273,3 +273,23 @@ test('node fs: symlinks followed, directories and FIFOs ignored, stamps change o
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('an include tree that fans out (each file including the next one twice, 2^30 paths) stops at the file budget, fast', async () => {
+  const files: Record<string, string> = { '/pol/10.policy': '!include a0\n!include a0\n' };
+  for (let i = 0; i < 30; i++) files[`/pol/a${i}`] = `!include a${i + 1}\n!include a${i + 1}\nsvc * * * deny\n`;
+  files['/pol/a30'] = 'svc * * * deny\n';
+  const started = performance.now();
+  const errs = errors(await load(files));
+  assert.ok(performance.now() - started < 10_000, 'bounded work');
+  assert.ok(errs.some((e) => e.includes('more than 10000 policy files read')), errs.join('\n'));
+});
+
+test('a million include lines, or include-dir lines, stop at the file budget instead of reading on', async () => {
+  const many = { '/pol/10.policy': '!include e\n'.repeat(200_000), '/pol/e': '' };
+  const errs = errors(await load(many));
+  assert.ok(errs.length <= 1001);
+  assert.match(errs[0] ?? '', /more than 10000 policy files read/);
+  const dirFiles: Record<string, string> = { '/pol/10.policy': '!include-dir d\n'.repeat(50_000) };
+  for (let i = 0; i < 100; i++) dirFiles[`/pol/d/f${i}.policy`] = '';
+  assert.match(errors(await load(dirFiles, ['/pol/d']))[0] ?? '', /more than 10000 policy files read/);
+});
