@@ -486,3 +486,55 @@ test('property: allow targets are names of existing qubes, dom0, or disposables 
     { numRuns: 3000 },
   );
 });
+
+test('property: ask targets equal a plain last-to-first walk of every relevant rule (facts §6), however rules repeat', () => {
+  const info = (over: Partial<DomainInfo>): DomainInfo => ({ type: 'AppVM', tags: [], default_dispvm: null, template_for_dispvms: false, power_state: 'Running', uuid: Math.random().toString(16).slice(2), ...over });
+  const sys: SystemInfo = {
+    domains: {
+      dom0: info({ type: 'AdminVM', uuid: '00000000-0000-0000-0000-000000000000' }),
+      a: info({ default_dispvm: 'dvm' }),
+      b: info({}),
+      c: info({ type: 'StandaloneVM' }),
+      d: info({ tags: ['t'] }),
+      dvm: info({ template_for_dispvms: true, tags: ['t'] }),
+    },
+  };
+  const names = Object.keys(sys.domains);
+  // The reference expansion, written from the facts' table, not taken from the engine.
+  const expandRef = (tok: string): string[] => {
+    const all = [...names, '@dispvm:dvm', '@dispvm'];
+    if (tok === '*') return all;
+    if (tok === '@anyvm') return all.filter((n) => n !== 'dom0');
+    if (tok === '@adminvm' || tok === '@dispvm' || tok === '@dispvm:dvm') return [tok];
+    if (tok === '@tag:t') return names.filter((n) => sys.domains[n]?.tags.includes('t'));
+    if (tok === '@type:AppVM') return names.filter((n) => sys.domains[n]?.type === 'AppVM');
+    return names.includes(tok) ? [tok] : [];
+  };
+  const tokenArb = fc.constantFrom('b', 'c', 'd', 'dom0', 'dvm', 'nosuch', '*', '@anyvm', '@adminvm', '@tag:t', '@type:AppVM', '@dispvm', '@dispvm:dvm');
+  const lineArb = fc.tuple(tokenArb, fc.constantFrom('allow', 'deny', 'ask'));
+  fc.assert(fc.property(fc.array(lineArb, { maxLength: 30 }), fc.array(lineArb, { maxLength: 30 }), (above, below) => {
+    // The ask rule decides the call (target b); the rules above it cannot match target b.
+    const safeAbove = above.filter(([tok]) => expandRef(tok).length > 0 && !['b', '*', '@anyvm', '@type:AppVM'].includes(tok) && tok !== 'nosuch');
+    const lines = [...safeAbove, ['b', 'ask'] as const, ...below];
+    const text = lines.map(([tok, action]) => `svc * a ${tok} ${action}`).join('\n');
+    const loaded = policyFromText(text, 'p');
+    if (!loaded.ok) return; // a token not allowed with that action in that column: not this property's concern
+    const res = loaded.policy.evaluate({ source: 'a', target: 'b', service: 'svc', argument: '+' }, sys);
+    const set = new Set<string>();
+    for (const [tok, action] of [...lines].reverse()) {
+      for (const n of expandRef(tok)) {
+        if (action === 'deny') set.delete(n);
+        else set.add(n);
+      }
+    }
+    if (set.delete('@dispvm')) set.add('@dispvm:dvm');
+    if (set.delete('@adminvm')) set.add('dom0');
+    set.delete('a');
+    if (res.result !== 'ask') {
+      // Only when the rule above matched b after all (it cannot here) or nothing is offered.
+      assert.equal(set.size, 0, JSON.stringify({ text, res }));
+      return;
+    }
+    assert.deepEqual([...res.targets].sort(), [...set].sort(), text);
+  }), { numRuns: 400 });
+});

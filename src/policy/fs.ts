@@ -17,6 +17,11 @@ export interface PolicyFs {
   readDir(p: string): Promise<{ names: string[]; stamp: Stamp }>;
   /** A regular file's bytes; throws FileTooLargeError beyond maxBytes. Stamp taken before reading. */
   readFile(p: string, maxBytes: number): Promise<{ data: Uint8Array; stamp: Stamp }>;
+  /**
+   * The real path, links followed before `..` is applied (as Qubes resolves include paths);
+   * throws when it does not exist. Without it, paths are normalised as text.
+   */
+  realpath?(p: string): Promise<string>;
 }
 
 export class FileTooLargeError extends Error {
@@ -41,6 +46,11 @@ export function statStampSync(p: string): Stamp {
 }
 
 export const nodePolicyFs: PolicyFs = {
+  realpath(p) {
+    // The promise API hands the path to the OS's realpath (fs.realpathSync would drop `..` first).
+    return fsp.realpath(p);
+  },
+
   async stat(p) {
     try {
       const st = await fsp.stat(p, { bigint: true });

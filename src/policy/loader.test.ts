@@ -293,3 +293,18 @@ test('a million include lines, or include-dir lines, stop at the file budget ins
   for (let i = 0; i < 100; i++) dirFiles[`/pol/d/f${i}.policy`] = '';
   assert.match(errors(await load(dirFiles, ['/pol/d']))[0] ?? '', /more than 10000 policy files read/);
 });
+
+test('an include path follows links before `..`, as Qubes resolves it (real filesystem)', async (t) => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'bh-pol-link-'));
+  t.after(() => { fs.rmSync(root, { recursive: true, force: true }); });
+  const pol = path.join(root, 'pol');
+  fs.mkdirSync(path.join(root, 'q', 'sub'), { recursive: true });
+  fs.mkdirSync(pol);
+  fs.writeFileSync(path.join(root, 'q', 'x'), 'svc * a @anyvm deny notify=no\n');
+  fs.writeFileSync(path.join(pol, 'x'), 'svc * a @anyvm allow target=b\n');
+  fs.symlinkSync(path.join(root, 'q', 'sub'), path.join(pol, 'link'));
+  fs.writeFileSync(path.join(pol, '10.policy'), '!include link/../x\n');
+  const r = ok(await loadPolicyDir(pol, nodePolicyFs));
+  const d = r.policy.evaluate({ source: 'a', target: 'b', service: 'svc', argument: '+' }, SYS);
+  assert.equal(d.result, 'deny', 'the file next to the link\'s target was included, not the one next to the link');
+});

@@ -89,12 +89,32 @@ class Loader {
     if (!this.#watched.has(p)) this.#watched.set(p, stamp);
   }
 
-  #resolve(p: string): string {
-    return path.isAbsolute(p) ? path.normalize(p) : path.resolve(this.#topDir, p);
+  /** An include path: relative to the top-level policy folder, links followed before `..`. */
+  async #resolve(p: string): Promise<string> {
+    const joined = path.isAbsolute(p) ? p : `${this.#topDir}/${p}`;
+    if (this.#fs.realpath !== undefined) {
+      try {
+        return await this.#fs.realpath(joined);
+      } catch {
+        // Missing: reported by the stat that follows, under the name as written.
+      }
+    }
+    return path.resolve(joined);
   }
+
+  /** Listings already made in this load: a folder included many times is read once. */
+  readonly #listings = new Map<string, string[] | null>();
 
   /** The policy files of a directory in load order; bad names are errors. Null when unreadable. */
   async listDir(dir: string, at: Place): Promise<string[] | null> {
+    const known = this.#listings.get(dir);
+    if (known !== undefined) return known;
+    const files = await this.#listDir(dir, at);
+    this.#listings.set(dir, files);
+    return files;
+  }
+
+  async #listDir(dir: string, at: Place): Promise<string[] | null> {
     let listing;
     try {
       listing = await this.#fs.readDir(dir);
@@ -178,7 +198,7 @@ class Loader {
       this.#error(at, `more than ${MAX_POLICY_FILES} policy files read`);
       return;
     }
-    const target = this.#resolve(entry.path);
+    const target = await this.#resolve(entry.path);
     const st = await this.#fs.stat(target);
     this.#watch(target, st.stamp);
     if (entry.kind === 'include-dir') {
