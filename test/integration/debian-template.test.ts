@@ -27,6 +27,9 @@ describe('Debian template', () => {
     const r = await h.exec('deb-app', 'cat /etc/debian_version; id -un; dpkg-query -W -f "\\${Package}\\n" coreutils bash procps iproute2 | sort | tr "\\n" " "');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^12\.\d+\nuser\nbash coreutils iproute2 procps $/);
+    // qrexec in a Debian qube: the client on the usual path, the shipped services, the local folder.
+    const q = await h.exec('deb-app', 'command -v qrexec-client-vm; ls /etc/qubes-rpc | tr "\\n" " "; test -d /usr/local/etc/qubes-rpc && echo local');
+    assert.equal(q.stdout, '/usr/bin/qrexec-client-vm\nqubes.VMExec qubes.VMShell qubes.WaitForSession local\n', q.stderr);
     // The template itself is a full system its root can change (apt's state is writable).
     await h.ok('qvm-shutdown', ['--wait', 'deb-app']);
     const t = await h.root('deb', 'touch /var/lib/dpkg/bulkhead-test && echo writable');

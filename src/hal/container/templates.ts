@@ -35,8 +35,9 @@ const QREXEC_CLIENT_VM = '/run/bulkhead/agent/bin/qrexec-client-vm';
 /**
  * Installs what qrexec needs in a template root: the shipped services in /etc/qubes-rpc (an
  * executable file keeps mode 0755, a plain one — run as a shell line — 0644), an empty
- * /etc/qubes/rpc-config, and, where the root has a /usr of its own, /usr/bin/qrexec-client-vm
- * as a link to the agent bundle's command (host templates rely on the PATH the agent gives).
+ * /etc/qubes/rpc-config, and, where the root has a /usr of its own, /usr/local/etc/qubes-rpc and
+ * /usr/bin/qrexec-client-vm as a link to the agent bundle's command (host templates rely on the
+ * PATH the agent gives).
  */
 export function installQrexecFiles(root: string, ownUsr: boolean): void {
   const rpc = path.join(root, 'etc', 'qubes-rpc');
@@ -56,6 +57,10 @@ export function installQrexecFiles(root: string, ownUsr: boolean): void {
     fs.chmodSync(to, (st.mode & 0o111) !== 0 ? 0o755 : 0o644);
   }
   if (ownUsr) {
+    // Searched before /etc/qubes-rpc: where a qube's own services go.
+    const local = path.join(root, 'usr', 'local', 'etc', 'qubes-rpc');
+    fs.mkdirSync(local, { recursive: true });
+    fs.chmodSync(local, 0o755);
     const link = path.join(root, 'usr', 'bin', 'qrexec-client-vm');
     fs.rmSync(link, { force: true });
     fs.symlinkSync(QREXEC_CLIENT_VM, link);
