@@ -14,7 +14,7 @@
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import type { Readable, Writable } from 'node:stream';
-import { EXIT_QREXEC_INTERNAL, isValidServiceAndArg } from '../protocol/qrexec.js';
+import { EXIT_QREXEC_INTERNAL, EXIT_REFUSED, isValidServiceAndArg } from '../protocol/qrexec.js';
 import { connectService, normalizeTarget, QrexecCallError, type ConnectOptions } from './qrexec-call.js';
 
 export const USAGE = 'usage: qrexec-client-vm [-h] [--buffer-size=BUFFER_SIZE] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]';
@@ -127,7 +127,7 @@ export async function clientMain(argv: readonly string[], io: ClientIo = process
     return code;
   } catch (err) {
     if (err instanceof QrexecCallError) {
-      io.stderr.write(err.exitCode === 126 ? `${err.message}\n` : `qrexec-client-vm: ${err.message}\n`);
+      io.stderr.write(err.exitCode === EXIT_REFUSED ? `${err.message}\n` : `qrexec-client-vm: ${err.message}\n`);
       return err.exitCode;
     }
     io.stderr.write(`qrexec-client-vm: ${(err as Error).message}\n`);

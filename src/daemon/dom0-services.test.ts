@@ -10,7 +10,6 @@ import { PassThrough } from 'node:stream';
 import { after, describe, test, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import type { QubeRecord } from '../core/model.js';
-import type { Registry } from '../core/registry.js';
 import { FrameParser, QrexecProtocolError, type Frame } from '../protocol/qrexec.js';
 import { formatDate, readStdin, serveDom0, type Dom0Deps } from './dom0-services.js';
 import type { AdminDispatcher } from './server.js';
@@ -81,9 +80,8 @@ const source: QubeRecord = {
   notes: '',
 };
 
-/** Deps whose registry and dispatcher must not be touched by the services under test. */
+/** Deps whose dispatcher must not be touched by the services under test. */
 const deps: Dom0Deps = {
-  registry: {} as unknown as Registry,
   dispatcher: { dispatch: () => { throw new Error('the Admin API dispatcher must not be called'); } } as unknown as AdminDispatcher,
   visibility: () => () => false,
 };

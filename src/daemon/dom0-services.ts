@@ -4,7 +4,6 @@
 // length-checked before buffering and the whole input is capped.
 import type { Duplex } from 'node:stream';
 import type { QubeRecord } from '../core/model.js';
-import type { Registry } from '../core/registry.js';
 import { MAX_REQUEST_BYTES } from '../protocol/admin-wire.js';
 import {
   EXIT_REFUSED,
@@ -29,7 +28,6 @@ export interface Dom0Call {
 }
 
 export interface Dom0Deps {
-  readonly registry: Registry;
   readonly dispatcher: AdminDispatcher;
   /** Which qubes `source` may see through `service` (admin.vm.List / admin.Events, by policy). */
   readonly visibility: (source: QubeRecord, service: string) => (q: QubeRecord) => boolean;

@@ -13,6 +13,7 @@ import {
   CLIENT_EXEC_AUTOSTART,
   CLIENT_EXEC_SERVICE,
   encodeFinish,
+  EXIT_REFUSED,
   formatServiceCommand,
   isValidServiceAndArg,
   MSG_CLIENT_EXEC,
@@ -23,9 +24,6 @@ import type { Lifecycle } from './lifecycle.js';
 import { clearSocketPath, listenWithUmask } from '../hal/unix-listen.js';
 
 const REQUEST_TIMEOUT_MS = 30_000;
-
-/** Exit code of a request the admin domain could not carry out (as qrexec's 125/126). */
-export const EXEC_FAILED = 126;
 
 export function execSocketPath(adminSocket: string): string {
   return adminSocket.replace(/[^/]*$/, 'qrexec.sock');
@@ -86,7 +84,7 @@ export class ExecServer {
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.#log.info({ reason: message }, 'exec refused');
-      client.end(encodeFinish(`${message}\n`, EXEC_FAILED));
+      client.end(encodeFinish(`${message}\n`, EXIT_REFUSED));
       return;
     }
     if (client.destroyed) {

@@ -9,7 +9,7 @@ import type { QubeRecord } from '../core/model.js';
 import { qubeValue } from '../core/properties.js';
 import type { Registry } from '../core/registry.js';
 import type { ServiceRequest } from '../hal/types.js';
-import { answerAsk, type Resolution } from '../policy/index.js';
+import { answerAsk, type Resolution, type SystemInfo } from '../policy/index.js';
 import { formatServiceCommand, splitServiceAndArg } from '../protocol/qrexec.js';
 import type { AskBroker } from './ask.js';
 import { serveDom0 } from './dom0-services.js';
@@ -124,12 +124,13 @@ export class QrexecRouter implements QrexecAdmin {
    * policy would allow it to call that method on, as in Qubes. One view of the system per call.
    */
   visibility(source: QubeRecord, service: string): (q: QubeRecord) => boolean {
-    // One view of the system for a burst of checks (a whole admin.vm.List), refreshed for a
-    // long event stream so that tags or power states changed later count.
-    let sys = systemInfo(this.#d.registry, this.#d.lifecycle);
-    let taken = Date.now();
+    // One view of the system for a burst of checks (a whole admin.vm.List), taken at the first
+    // check (most admin calls never check) and refreshed for a long event stream so that tags or
+    // power states changed later count.
+    let sys: SystemInfo | undefined;
+    let taken = 0;
     return (q) => {
-      if (Date.now() - taken > VISIBILITY_VIEW_MS) {
+      if (sys === undefined || Date.now() - taken > VISIBILITY_VIEW_MS) {
         sys = systemInfo(this.#d.registry, this.#d.lifecycle);
         taken = Date.now();
       }
@@ -225,7 +226,6 @@ export class QrexecRouter implements QrexecAdmin {
     this.#track(sock);
     try {
       await serveDom0({ source, service, arg, requestedTarget, sock }, {
-        registry: this.#d.registry,
         dispatcher: this.#d.dispatcher,
         visibility: (src, svc) => this.visibility(src, svc),
       });
