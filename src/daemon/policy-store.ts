@@ -13,6 +13,7 @@ import {
   type Resolution,
   type SystemInfo,
   type Watched,
+  loadFailure,
 } from '../policy/index.js';
 
 /** The package's policy files (share/policy.d); the same two levels up from src/ and dist/. */
@@ -94,7 +95,7 @@ export class PolicyStore {
   evaluate(req: PolicyRequest, sys: SystemInfo): Resolution {
     this.#checkSoon();
     if (this.#policy === null) {
-      return { result: 'deny', reason: `policy failed to load: ${this.#errors[0] ?? 'unknown error'}`, notify: true };
+      return loadFailure(this.#errors);
     }
     return this.#policy.evaluate(req, sys);
   }
@@ -108,6 +109,7 @@ export class PolicyStore {
   async refresh(): Promise<void> {
     if (this.#closed) return;
     if (this.#loading !== null) await this.#loading;
+    this.#lastCheck = Date.now();
     if (this.#debounce !== null || this.#stale()) {
       this.#cancelDebounce();
       await this.#reload();

@@ -230,6 +230,20 @@ function askOrder(a: string, b: string): number {
 
 const NO_RULES: readonly number[] = [];
 
+/**
+ * One SystemView per system-info object: many evaluations against one snapshot (admin.vm.List
+ * checks every qube) share its indexes. A caller with a new state passes a new object.
+ */
+const views = new WeakMap<SystemInfo, SystemView>();
+function viewOf(sys: SystemInfo): SystemView {
+  let view = views.get(sys);
+  if (view === undefined) {
+    view = new SystemView(sys);
+    views.set(sys, view);
+  }
+  return view;
+}
+
 export class Policy {
   readonly #rules: readonly Rule[];
   /** Rule indexes per service name (ascending), and of the `*` service rules. */
@@ -256,7 +270,7 @@ export class Policy {
   /** Never throws: a case the Qubes engine would crash on, or a bug, is a deny. */
   evaluate(req: PolicyRequest, sys: SystemInfo): Resolution {
     try {
-      return this.#evaluate(req, new SystemView(sys));
+      return this.#evaluate(req, viewOf(sys));
     } catch (err) {
       return deny(`policy evaluation failed: ${err instanceof EvalCrash ? err.message : 'internal error'}`, true);
     }

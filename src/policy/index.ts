@@ -4,6 +4,7 @@
 export { answerAsk, Policy, type AskResolution, type PolicyRequest, type Resolution } from './engine.js';
 export { MemoryPolicyFs, nodePolicyFs, statStampSync, type PolicyFs, type Stamp } from './fs.js';
 export {
+  loadFailure,
   loadPolicyDir,
   MAX_INCLUDE_DEPTH,
   MAX_POLICY_BYTES,

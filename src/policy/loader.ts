@@ -2,7 +2,7 @@
 // code-point order of the names, directives resolved in place, every error collected. Any error
 // means no policy at all: the caller denies everything.
 import path from 'node:path';
-import { Policy } from './engine.js';
+import { Policy, type Resolution } from './engine.js';
 import { FileTooLargeError, nodePolicyFs, type PolicyFs, type Stamp } from './fs.js';
 import { DEFAULT_MAX_ERRORS, formatError, parseOldSyntaxText, parsePolicyText, type Entry, type PolicyError, type Rule } from './parser.js';
 
@@ -254,4 +254,9 @@ export function policyFromText(text: string, file = '<policy>'): { ok: true; pol
     else errors.push(formatError({ file, line: entry.line, message: 'includes need a policy directory (use loadPolicyDir)' }));
   }
   return errors.length > 0 ? { ok: false, errors } : { ok: true, policy: new Policy(rules) };
+}
+
+/** What every call gets while the policy does not load: denied, naming the first error. */
+export function loadFailure(errors: readonly string[]): Resolution {
+  return { result: 'deny', reason: `policy failed to load: ${errors[0] ?? 'unknown error'}`, notify: true };
 }

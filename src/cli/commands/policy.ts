@@ -1,10 +1,10 @@
 // bulkhead policy lint|eval: check a qrexec policy directory, and ask it what it would decide
 // for one call (docs/policy.md).
-import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { DEFAULT_DATA_DIR } from '../../daemon/daemon.js';
-import { loadPolicyDir, type PolicyRequest, type Resolution, type SystemInfo } from '../../policy/index.js';
+import { loadFailure, loadPolicyDir, nodePolicyFs, type PolicyRequest, type Resolution, type SystemInfo } from '../../policy/index.js';
+import { splitServiceAndArg } from '../../protocol/qrexec.js';
 import { DaemonError, RemoteError } from '../client.js';
 import { ExitError, UsageError, errorLine, out, parse, printHelp, runCommand, type Command, type Parsed } from '../common.js';
 
@@ -60,9 +60,8 @@ export function parseSystemInfo(untrustedText: string, origin: string): SystemIn
 
 /** `svc+arg` → service and argument (`+arg`, or `+` when there is none): split at the first +. */
 export function splitServiceArgument(serviceAndArg: string): { service: string; argument: string } {
-  const plus = serviceAndArg.indexOf('+');
-  if (plus < 0) return { service: serviceAndArg, argument: '+' };
-  return { service: serviceAndArg.slice(0, plus), argument: serviceAndArg.slice(plus) };
+  const { service, arg } = splitServiceAndArg(serviceAndArg);
+  return { service, argument: `+${arg}` };
 }
 
 /** The result as `key=value` lines (docs/policy.md). */
@@ -112,25 +111,21 @@ async function defaultPolicyDir(a: Parsed): Promise<string> {
   return path.join(DEFAULT_DATA_DIR, 'policy.d');
 }
 
-function readSystemInfoFile(file: string): string {
-  let fd;
+/** The file, through the policy loader's capped read (a regular file, at most the cap), as strict UTF-8. */
+async function readSystemInfoFile(file: string): Promise<string> {
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new Error('not a regular file');
-    if (st.size > MAX_SYSTEM_INFO_BYTES) throw new Error(`larger than ${MAX_SYSTEM_INFO_BYTES} bytes`);
-    return fs.readFileSync(fd, 'utf8');
+    const { data } = await nodePolicyFs.readFile(file, MAX_SYSTEM_INFO_BYTES);
+    return new TextDecoder('utf-8', { fatal: true }).decode(data);
   } catch (err) {
-    throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
+    const reason = err instanceof TypeError ? 'not valid UTF-8' : ((err as NodeJS.ErrnoException).code ?? (err as Error).message);
+    throw new Error(`cannot read ${file}: ${reason}`, { cause: err });
   }
 }
 
 async function systemInfo(a: Parsed, prog: string): Promise<SystemInfo> {
   const file = a.str('system-info');
   try {
-    if (file !== undefined) return parseSystemInfo(readSystemInfoFile(file), file);
+    if (file !== undefined) return parseSystemInfo(await readSystemInfoFile(file), file);
     const reply = await a.client.call({ method: 'bulkhead.policy.SystemInfo', dest: 'dom0' });
     return parseSystemInfo(reply, 'the daemon\'s bulkhead.policy.SystemInfo reply');
   } catch (err) {
@@ -163,7 +158,7 @@ async function evaluate(a: Parsed, args: readonly string[], prog: string): Promi
   const loaded = await loadPolicyDir(a.str('policy-dir') ?? (await defaultPolicyDir(a)));
   if (!loaded.ok) {
     for (const e of loaded.errors) process.stderr.write(`${e}\n`);
-    for (const line of formatResolution({ result: 'deny', reason: `policy failed to load: ${loaded.errors[0] ?? ''}`, notify: true })) out(line);
+    for (const line of formatResolution(loadFailure(loaded.errors))) out(line);
     return 1;
   }
   const req: PolicyRequest = { source, target, service, argument };
