@@ -14,14 +14,20 @@ export function listenOn(server: net.Server, address: string): Promise<void> {
   });
 }
 
-/** Listens with the socket file created under `umask`: never, even briefly, more open. */
+/**
+ * Listens with the socket file created under `umask`: never, even briefly, more open. Node binds
+ * a Unix socket synchronously inside listen(), so the process-wide umask is restored at once,
+ * before anything else can run: other code creating files meanwhile keeps the normal mask.
+ */
 export async function listenWithUmask(server: net.Server, socketPath: string, umask: number): Promise<void> {
   const oldMask = process.umask(umask);
+  let listening: Promise<void>;
   try {
-    await listenOn(server, socketPath);
+    listening = listenOn(server, socketPath);
   } finally {
     process.umask(oldMask);
   }
+  await listening;
 }
 
 /** Removes a stale socket file at `socketPath`; anything else there is refused, never replaced. */
