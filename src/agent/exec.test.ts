@@ -264,6 +264,24 @@ describe('service calls into a qube', () => {
   });
 });
 
+describe('a caller that goes away', () => {
+  test('a command still writing is not left blocked: it ends once the connection is gone', async () => {
+    const marker = path.join(tmp, 'still-writing-done');
+    const port = nextPort++;
+    const connected = new Promise<net.Socket>((resolve) => waiting.set(port, resolve));
+    // Writes far more than a pipe holds; `done` is written only if the shell gets past `head`.
+    runExec(ctx, port, `${os.userInfo().username}:head -c 10000000 /dev/zero; echo finished > ${marker}`, false);
+    const s = await connected;
+    const closedSeen = new Promise<void>((resolve) => { s.once('close', () => { resolve(); }); });
+    s.destroy();
+    await closedSeen;
+    // head dies of EPIPE/SIGPIPE and the shell goes on: the marker appears; a stuck head never gets there.
+    const deadline = Date.now() + 5000;
+    while (!fs.existsSync(marker) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(fs.existsSync(marker), 'the command went on after its output lost its reader');
+  });
+});
+
 describe('CappedStderrLog', () => {
   test('prefixes whole lines, keeps partial lines until their end, stops at the cap', () => {
     const out: string[] = [];

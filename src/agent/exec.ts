@@ -281,7 +281,13 @@ function runProcess(
   });
   // A caller that hangs up (FIN without a stdin EOF frame) has sent all it ever will.
   sock.on('end', () => { child.stdin.end(); });
-  sock.on('close', () => { child.stdin.destroy(); });
+  // A connection gone for good: the command's output has nowhere to go. Closing our ends of its
+  // pipes ends a command blocked writing (EPIPE), instead of leaving it stuck for ever.
+  sock.on('close', () => {
+    child.stdin.destroy();
+    child.stdout.destroy();
+    if (route.toCaller) child.stderr.destroy();
+  });
   child.on('close', (code, signal) => {
     if (spawnFailed) return;
     const exit = code ?? 128 + (signal === null ? 0 : signalNumber(signal));
