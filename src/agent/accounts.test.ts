@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { asUser, hasOtherGroups, type Account } from './accounts.js';
+import { asUser, hasOtherGroups, lookupUser, type Account } from './accounts.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bh-accounts-'));
 after(() => { fs.rmSync(dir, { recursive: true, force: true }); });
@@ -41,5 +41,14 @@ describe('asUser', () => {
     } else {
       assert.deepEqual(withGroups, { file: '/bin/true', args: ['x'], ids: { uid: 1000, gid: 1000 } });
     }
+  });
+});
+
+describe('lookupUser', () => {
+  test('an empty or non-numeric uid/gid field is no account at all (never uid 0)', () => {
+    const file = groupFile('user:x::1000:u:/home/user:/bin/sh\nother:x:0x10:1000:o:/:/bin/sh\nok:x:1001:1001:o:/home/ok:/bin/sh\n');
+    assert.equal(lookupUser('user', file), undefined);
+    assert.equal(lookupUser('other', file), undefined);
+    assert.deepEqual(lookupUser('ok', file), { name: 'ok', uid: 1001, gid: 1001, home: '/home/ok', shell: '/bin/sh' });
   });
 });

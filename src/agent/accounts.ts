@@ -27,9 +27,10 @@ export function lookupUser(name: string, passwdFile = '/etc/passwd'): Account | 
   for (const line of passwd.split('\n')) {
     const f = line.split(':');
     if (f[0] === name && f.length >= 7) {
+      // Digits only: Number('') is 0, and an empty uid field must never mean root.
+      if (!/^\d{1,10}$/.test(f[2] ?? '') || !/^\d{1,10}$/.test(f[3] ?? '')) return undefined;
       const uid = Number(f[2]);
       const gid = Number(f[3]);
-      if (!Number.isInteger(uid) || !Number.isInteger(gid)) return undefined;
       return { name, uid, gid, home: f[5] ?? '/', shell: f[6] ?? '/bin/sh' };
     }
   }

@@ -15,6 +15,7 @@ import { spawn } from 'node:child_process';
 import os from 'node:os';
 import type { Readable, Writable } from 'node:stream';
 import { EXIT_QREXEC_INTERNAL, EXIT_REFUSED, isValidServiceAndArg } from '../protocol/qrexec.js';
+import { exitStatus } from './exec.js';
 import { connectService, normalizeTarget, QrexecCallError, type ConnectOptions } from './qrexec-call.js';
 
 export const USAGE = 'usage: qrexec-client-vm [-h] [--buffer-size=BUFFER_SIZE] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]';
@@ -66,11 +67,6 @@ export interface ClientIo {
   readonly stderr: Writable;
 }
 
-function exitOf(code: number | null, signal: NodeJS.Signals | null): number {
-  if (code !== null) return code;
-  return 128 + (signal === null ? 0 : os.constants.signals[signal]);
-}
-
 /** Runs qrexec-client-vm; resolves with its exit code. */
 export async function clientMain(argv: readonly string[], io: ClientIo = process, opts: ConnectOptions = {}): Promise<number> {
   let args: ClientArgs;
@@ -111,7 +107,7 @@ export async function clientMain(argv: readonly string[], io: ClientIo = process
         conn.destroy();
         resolve(EXIT_QREXEC_INTERNAL);
       });
-      child.once('close', (code, signal) => { resolve(exitOf(code, signal)); });
+      child.once('close', (code, signal) => { resolve(exitStatus(code, signal)); });
     });
     child.stdin.on('error', () => { /* the program stopped reading */ });
     conn.sendStdin(child.stdout);

@@ -10,6 +10,7 @@
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import os from 'node:os';
+import { StringDecoder } from 'node:string_decoder';
 import type { Readable } from 'node:stream';
 import {
   encodeDataConnect,
@@ -57,12 +58,10 @@ export interface ExecContext {
   readonly serviceStderr?: (text: string) => void;
 }
 
-function sendChunked(sock: net.Socket, type: number, data: Buffer): boolean {
-  return writeChunked(sock, type, data);
-}
-
-function signalNumber(signal: NodeJS.Signals): number {
-  return os.constants.signals[signal];
+/** A process's exit status as a shell reports it: its code, or 128 + the signal that ended it. */
+export function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  return 128 + (signal === null ? 0 : os.constants.signals[signal]);
 }
 
 /**
@@ -75,6 +74,8 @@ export class CappedStderrLog {
   #left: number;
   #partial = '';
   #dropped = false;
+  /** Keeps a character split across chunks whole. */
+  readonly #decoder = new StringDecoder('utf8');
 
   constructor(prefix: string, write: (text: string) => void, cap = STDERR_LOG_CAP) {
     this.#prefix = prefix;
@@ -89,7 +90,7 @@ export class CappedStderrLog {
     }
     const kept = chunk.subarray(0, this.#left);
     this.#left -= kept.length;
-    const text = this.#partial + kept.toString('utf8');
+    const text = this.#partial + this.#decoder.write(kept);
     const lines = text.split('\n');
     this.#partial = lines.pop() ?? '';
     for (const line of lines) this.#write(`${this.#prefix}${line}\n`);
@@ -234,7 +235,7 @@ function runProcess(
   });
   const pump = (stream: Readable, type: number): void => {
     stream.on('data', (chunk: Buffer) => {
-      if (!sendChunked(sock, type, chunk)) {
+      if (!writeChunked(sock, type, chunk)) {
         stream.pause();
         sock.once('drain', () => { stream.resume(); });
       }
@@ -290,8 +291,7 @@ function runProcess(
   });
   child.on('close', (code, signal) => {
     if (spawnFailed) return;
-    const exit = code ?? 128 + (signal === null ? 0 : signalNumber(signal));
-    sock.end(encodeExitCode(exit));
+    sock.end(encodeExitCode(exitStatus(code, signal)));
   });
 }
 
@@ -345,7 +345,7 @@ function runSocketService(sock: net.Socket, socketPath: string, descriptor: Buff
       }
     });
     service.on('data', (chunk: Buffer) => {
-      if (!sendChunked(sock, MSG_DATA_STDOUT, chunk)) {
+      if (!writeChunked(sock, MSG_DATA_STDOUT, chunk)) {
         service.pause();
         sock.once('drain', () => { service.resume(); });
       }

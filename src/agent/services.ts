@@ -17,6 +17,8 @@ export const SERVICE_DIRS: readonly string[] = ['/usr/local/etc/qubes-rpc', '/et
 export const RPC_CONFIG_DIR = '/etc/qubes/rpc-config';
 /** Longest file name Linux accepts (NAME_MAX): a longer `SERVICE+ARG` has no file of its own. */
 const NAME_MAX = 255;
+/** One strict decoder for every text read here (it keeps no state between whole-buffer decodes). */
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
 /** Largest rpc-config file read; a bigger one is malformed. */
 export const MAX_RPC_CONFIG_BYTES = 16 * 1024;
 /** Largest non-executable service file run as a shell command line. */
@@ -163,7 +165,7 @@ export function readRpcConfig(serviceAndArg: string, log: (message: string) => v
     if (bytes === undefined) continue;
     let text: string;
     try {
-      text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+      text = STRICT_UTF8.decode(bytes);
     } catch {
       log(`${file}: not UTF-8; using the defaults`);
       return DEFAULT_RPC_CONFIG;
@@ -188,7 +190,7 @@ export function readShellService(file: string): string {
   if (bytes === undefined) throw new Error('it disappeared');
   if (bytes.includes(0)) throw new Error('it holds a NUL byte');
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    return STRICT_UTF8.decode(bytes);
   } catch {
     throw new Error('it is not UTF-8');
   }

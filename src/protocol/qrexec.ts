@@ -85,8 +85,9 @@ const KNOWN_TYPES: ReadonlySet<number> = new Set([
 
 const EXEC_PARAMS_HEADER = 8;
 const UINT32_MAX = 0xffffffff;
-const EMPTY = new Uint8Array(0);
 const EMPTY_BUFFER = Buffer.alloc(0);
+/** One strict decoder for untrusted text (stateless between whole-buffer decodes); a BOM is kept, not eaten. */
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** Raised for any violation by the peer; the connection must be dropped. */
 export class QrexecProtocolError extends Error {
@@ -129,7 +130,7 @@ function requireUint32(value: number, what: string): void {
 }
 
 /** Builds one frame. Throws RangeError for a bad type or a payload over the cap for that type. */
-export function encodeFrame(type: number, payload: Buffer | Uint8Array = EMPTY): Buffer {
+export function encodeFrame(type: number, payload: Buffer | Uint8Array = EMPTY_BUFFER): Buffer {
   requireUint32(type, 'frame type');
   const cap = maxPayloadFor(type);
   if (payload.length > cap) {
@@ -230,7 +231,7 @@ export function parseExecParams(untrustedPayload: Buffer): ExecParams {
   if (untrustedCmdlineBytes.includes(0)) throw new QrexecProtocolError('NUL inside cmdline');
   let cmdline: string;
   try {
-    cmdline = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(untrustedCmdlineBytes);
+    cmdline = STRICT_UTF8.decode(untrustedCmdlineBytes);
   } catch {
     throw new QrexecProtocolError('cmdline is not valid UTF-8');
   }
@@ -441,6 +442,18 @@ export function parseServiceCommand(command: string): Omit<ServiceCall, 'user'> 
   return { serviceAndArg, source, requestedTarget: { type, value } };
 }
 
+/** A frame header's check, before any of its payload is taken: a known type, a length within the cap for it. */
+function checkHeader(untrustedType: number, untrustedLen: number, allowUnknownTypes: boolean): PendingHeader {
+  if (!allowUnknownTypes && !KNOWN_TYPES.has(untrustedType)) {
+    throw new QrexecProtocolError(`unknown frame type 0x${untrustedType.toString(16)}`);
+  }
+  const cap = maxPayloadFor(untrustedType);
+  if (untrustedLen > cap) {
+    throw new QrexecProtocolError(`frame type 0x${untrustedType.toString(16)} announces ${untrustedLen} bytes, cap is ${cap}`);
+  }
+  return { type: untrustedType, len: untrustedLen };
+}
+
 /** A piece of a frame from StreamingFrameParser. */
 export interface FramePiece {
   readonly type: number;
@@ -480,11 +493,7 @@ export class StreamingFrameParser {
           off += n;
           if (this.#headerFill < FRAME_HEADER_SIZE) break;
           this.#headerFill = 0;
-          const type = this.#header.readUInt32LE(0);
-          const len = this.#header.readUInt32LE(4);
-          if (!KNOWN_TYPES.has(type)) throw new QrexecProtocolError(`unknown frame type 0x${type.toString(16)}`);
-          const cap = maxPayloadFor(type);
-          if (len > cap) throw new QrexecProtocolError(`frame type 0x${type.toString(16)} announces ${len} bytes, cap is ${cap}`);
+          const { type, len } = checkHeader(this.#header.readUInt32LE(0), this.#header.readUInt32LE(4), false);
           if (len === 0) {
             pieces.push({ type, data: EMPTY_BUFFER, frameLength: 0, last: true });
           } else {
@@ -558,26 +567,8 @@ export class FrameParser {
 
   /** Feeds bytes; returns the frames they complete, in order. */
   push(untrustedChunk: Buffer): Frame[] {
-    if (this.#poisoned) throw new QrexecProtocolError('parser unusable after an earlier protocol error');
-    if (untrustedChunk.length > 0) {
-      this.#chunks.push(untrustedChunk);
-      this.#size += untrustedChunk.length;
-    }
     const frames: Frame[] = [];
-    try {
-      for (;;) {
-        if (this.#header === undefined) {
-          if (this.#size < FRAME_HEADER_SIZE) break;
-          this.#header = this.#checkHeader(this.#take(FRAME_HEADER_SIZE));
-        }
-        if (this.#size < this.#header.len) break;
-        frames.push({ type: this.#header.type, payload: this.#take(this.#header.len) });
-        this.#header = undefined;
-      }
-    } catch (err) {
-      this.#poison();
-      throw err;
-    }
+    for (let f = this.nextFrame(untrustedChunk); f !== undefined; f = this.nextFrame(EMPTY_BUFFER)) frames.push(f);
     return frames;
   }
 
@@ -627,16 +618,7 @@ export class FrameParser {
   }
 
   #checkHeader(untrustedHeader: Buffer): PendingHeader {
-    const type = untrustedHeader.readUInt32LE(0);
-    const len = untrustedHeader.readUInt32LE(4);
-    if (!this.#allowUnknownTypes && !KNOWN_TYPES.has(type)) {
-      throw new QrexecProtocolError(`unknown frame type 0x${type.toString(16)}`);
-    }
-    const cap = maxPayloadFor(type);
-    if (len > cap) {
-      throw new QrexecProtocolError(`frame type 0x${type.toString(16)} announces ${len} bytes, cap is ${cap}`);
-    }
-    return { type, len };
+    return checkHeader(untrustedHeader.readUInt32LE(0), untrustedHeader.readUInt32LE(4), this.#allowUnknownTypes);
   }
 
   #poison(): void {
