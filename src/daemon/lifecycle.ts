@@ -114,6 +114,10 @@ export class Lifecycle {
     if (q.klass === 'AdminVM') return;
     // A qube still being cleaned up after a stop is started once it is Halted.
     for (let i = 0; i < 200 && this.powerState(q.name) === 'Halting'; i++) await sleep(50);
+    if (this.powerState(q.name) === 'Halting') {
+      // Never report a start that did not happen.
+      throw new QubesError('QubesVMError', `Start failed: '${q.name}' is still stopping; try again`);
+    }
     if (this.#starting.has(q.name)) return this.#starting.get(q.name)?.job;
     if (this.powerState(q.name) !== 'Halted') return;
     const root = this.#rootOf(q);

@@ -18,7 +18,7 @@ import type {
   ServiceRequest,
   QubeStats,
 } from '../types.js';
-import { cgroupUsage, detectCgroupMode, type CgroupMode } from './cgroups.js';
+import { cgroupOomKills, cgroupUsage, detectCgroupMode, type CgroupMode } from './cgroups.js';
 import { Crun, lastLines } from './crun.js';
 import { buildOciConfig, RUNTIME_DIRS } from './oci.js';
 import { containerId, hostUidBase, qubePaths, type QubePaths } from './paths.js';
@@ -119,7 +119,8 @@ export class ContainerBackend implements HypervisorBackend {
   #agentBundle: string;
   readonly #listeners = new Set<(n: ExitNotice) => void>();
   readonly #noticeListeners = new Set<(n: QubeNotice) => void>();
-  readonly #serviceListeners = new Set<(r: ServiceRequest) => void>();
+  /** Who routes the qubes' service calls (the daemon's router); without one, calls are refused. */
+  #serviceListener: ((r: ServiceRequest) => void) | undefined;
   readonly #watchdog: NodeJS.Timeout;
   #closed = false;
 
@@ -240,8 +241,8 @@ export class ContainerBackend implements HypervisorBackend {
     const meta = checkRootVolume(rootPaths, ownRoot ? spec.name : (spec.rootTemplate ?? '?'));
     const dispPrivate = spec.klass === 'DispVM';
 
-    // A container with this id may survive a crash of an earlier daemon: never run two.
-    await this.#crun.delete(id, true);
+    // No second container with this id can exist: an earlier daemon's are reaped in create(), and
+    // one this daemon could not remove stays in #running, which refuses the start above.
     signal.throwIfAborted();
     const volatile = paths.volatile;
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
@@ -296,7 +297,7 @@ export class ContainerBackend implements HypervisorBackend {
       fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
       channel = await QubeChannel.listen(paths.socket, paths.callSocket, base, base);
       channel.onServiceRequest((trigger, reply) => {
-        const listener = [...this.#serviceListeners][0];
+        const listener = this.#serviceListener;
         if (listener === undefined) {
           reply.refuse();
           return;
@@ -369,8 +370,8 @@ export class ContainerBackend implements HypervisorBackend {
   /** Notices a qube that died on its own. */
   #check(q: RunningQube): void {
     if (q.state === 'Halted' || q.stopping || initAlive(q.pid, q.pidStart)) return;
-    const usage = q.cgroupsPath === null ? undefined : cgroupUsage(this.#cgroupMode, q.cgroupsPath);
-    const reason = usage !== undefined && usage.oomKills > q.oomKills ? 'out of memory' : 'the qube powered off or crashed';
+    const kills = q.cgroupsPath === null ? 0 : cgroupOomKills(this.#cgroupMode, q.cgroupsPath);
+    const reason = kills > q.oomKills ? 'out of memory' : 'the qube powered off or crashed';
     q.stopping = true;
     this.#teardown(q).then(
       () => { for (const l of this.#listeners) l({ name: q.name, state: 'Halted', reason }); },
@@ -411,7 +412,7 @@ export class ContainerBackend implements HypervisorBackend {
   /** Reports processes the memory limit killed inside a qube that keeps running. */
   #checkOom(q: RunningQube): void {
     if (q.cgroupsPath === null || q.state === 'Halted' || q.stopping) return;
-    const kills = cgroupUsage(this.#cgroupMode, q.cgroupsPath)?.oomKills ?? 0;
+    const kills = cgroupOomKills(this.#cgroupMode, q.cgroupsPath);
     if (kills <= q.oomKills) return;
     const detail = `${kills - q.oomKills} process(es) killed for exceeding the qube's memory limit`;
     q.oomKills = kills;
@@ -420,8 +421,10 @@ export class ContainerBackend implements HypervisorBackend {
   }
 
   onServiceRequest(listener: (request: ServiceRequest) => void): () => void {
-    this.#serviceListeners.add(listener);
-    return () => this.#serviceListeners.delete(listener);
+    this.#serviceListener = listener;
+    return () => {
+      if (this.#serviceListener === listener) this.#serviceListener = undefined;
+    };
   }
 
   onNotice(listener: (notice: QubeNotice) => void): () => void {
@@ -429,7 +432,6 @@ export class ContainerBackend implements HypervisorBackend {
     return () => this.#noticeListeners.delete(listener);
   }
 
-  /** Removes the container, its channel and its volatile data; never touches persistent volumes. */
   /**
    * Removes the container, its channel and its volatile data; never touches persistent volumes.
    * One teardown per run. If the container cannot be removed, nothing of the qube's is deleted

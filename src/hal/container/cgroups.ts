@@ -68,8 +68,6 @@ function readKeyed(file: string, key: string): number | undefined {
 export interface CgroupUsage {
   readonly memBytes: number;
   readonly cpuNs: number;
-  /** Processes the kernel killed for exceeding the memory limit. */
-  readonly oomKills: number;
 }
 
 /** Usage of the cgroup at `relPath` (the OCI cgroupsPath), or undefined when unreadable. */
@@ -79,7 +77,7 @@ export function cgroupUsage(mode: CgroupMode, relPath: string): CgroupUsage | un
     const mem = readNumber(path.join(dir, 'memory.current'));
     if (mem === undefined) return undefined;
     const cpuUsec = readKeyed(path.join(dir, 'cpu.stat'), 'usage_usec') ?? 0;
-    return { memBytes: mem, cpuNs: cpuUsec * 1000, oomKills: readKeyed(path.join(dir, 'memory.events'), 'oom_kill') ?? 0 };
+    return { memBytes: mem, cpuNs: cpuUsec * 1000 };
   }
   if (mode === 'hybrid' || mode === 'legacy') {
     const mem = readNumber(path.join(ROOT, 'memory', relPath, 'memory.usage_in_bytes'));
@@ -87,8 +85,17 @@ export function cgroupUsage(mode: CgroupMode, relPath: string): CgroupUsage | un
     return {
       memBytes: mem,
       cpuNs: readNumber(path.join(ROOT, 'cpuacct', relPath, 'cpuacct.usage')) ?? 0,
-      oomKills: readKeyed(path.join(ROOT, 'memory', relPath, 'memory.oom_control'), 'oom_kill') ?? 0,
     };
   }
   return undefined;
+}
+
+/**
+ * Processes the kernel killed in the cgroup for exceeding its memory limit (0 when unreadable):
+ * one file, read every second for every qube by the watchdog.
+ */
+export function cgroupOomKills(mode: CgroupMode, relPath: string): number {
+  if (mode === 'unified') return readKeyed(path.join(ROOT, relPath, 'memory.events'), 'oom_kill') ?? 0;
+  if (mode === 'hybrid' || mode === 'legacy') return readKeyed(path.join(ROOT, 'memory', relPath, 'memory.oom_control'), 'oom_kill') ?? 0;
+  return 0;
 }

@@ -97,10 +97,6 @@ export class Crun {
     return parsed ?? [];
   }
 
-  async kill(id: string, signal: string): Promise<void> {
-    await this.call(['kill', id, signal]);
-  }
-
   /** Removes the container (and its cgroups); `force` kills it first. Missing ids are fine. */
   async delete(id: string, force: boolean): Promise<void> {
     try {

@@ -13,11 +13,6 @@ import type { QubeLaunchSpec } from '../types.js';
 import { hostUidBase, UID_RANGE } from './paths.js';
 import { seccompProfile, type SeccompProfile } from './seccomp.js';
 
-export interface TopEntry {
-  readonly name: string;
-  readonly kind: 'dir' | 'symlink';
-}
-
 export interface OciInputs {
   readonly spec: QubeLaunchSpec;
   /** The skeleton directory crun uses as root. */
