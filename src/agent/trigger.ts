@@ -31,7 +31,7 @@ import {
   type ServiceTrigger,
   STREAM_HIGH_WATER_MARK,
 } from '../protocol/qrexec.js';
-import { onFirstFrame } from '../protocol/first-frame.js';
+import { onFirstFrameWithin, type FirstFrameSlots } from '../protocol/first-frame.js';
 
 /** Calls waiting for the admin domain's answer, at most (more are refused at once). */
 export const MAX_PENDING_CALLS = 64;
@@ -68,7 +68,7 @@ export class TriggerServer {
   readonly #pending = new Map<string, PendingCall>();
   readonly #cancelled = new Set<string>();
   readonly #clients = new Set<net.Socket>();
-  #unidentified = 0;
+  readonly #unidentified: FirstFrameSlots = { waiting: 0, max: MAX_UNIDENTIFIED };
   #nextId = 1;
   #closed = false;
 
@@ -102,25 +102,11 @@ export class TriggerServer {
   }
 
   #accept(client: net.Socket): void {
-    if (this.#closed || this.#unidentified >= MAX_UNIDENTIFIED) {
+    if (this.#closed) {
       client.destroy();
       return;
     }
-    this.#clients.add(client);
-    client.once('close', () => this.#clients.delete(client));
-    client.on('error', () => { /* reported through close */ });
-    this.#unidentified++;
-    let identified = false;
-    const identify = (): void => {
-      if (identified) return;
-      identified = true;
-      this.#unidentified--;
-      clearTimeout(timer);
-    };
-    const timer = setTimeout(() => { client.destroy(); }, TRIGGER_TIMEOUT_MS);
-    client.once('close', identify);
-    onFirstFrame(client, (first, rest) => {
-      identify();
+    const accepted = onFirstFrameWithin(client, this.#unidentified, TRIGGER_TIMEOUT_MS, (first, rest) => {
       if (first.type !== MSG_TRIGGER_SERVICE3) {
         client.destroy();
         return;
@@ -135,6 +121,9 @@ export class TriggerServer {
       }
       this.#trigger(client, trigger, rest);
     });
+    if (!accepted) return;
+    this.#clients.add(client);
+    client.once('close', () => this.#clients.delete(client));
   }
 
   #trigger(client: net.Socket, trigger: ServiceTrigger, rest: Buffer): void {

@@ -32,7 +32,7 @@ import {
 
   type ServiceTrigger,
 } from '../protocol/qrexec.js';
-import { onFirstFrame } from '../protocol/first-frame.js';
+import { onFirstFrameWithin, type FirstFrameSlots } from '../protocol/first-frame.js';
 import { clearSocketPath, listenWithUmask } from './unix-listen.js';
 
 /** A connection must send its first frame within this time. */
@@ -71,7 +71,7 @@ interface PendingExec {
 interface Listener {
   readonly server: net.Server;
   readonly path: string;
-  unidentified: number;
+  readonly unidentified: FirstFrameSlots;
 }
 
 export class QubeChannel {
@@ -114,7 +114,7 @@ export class QubeChannel {
         const server = net.createServer({ allowHalfOpen: true, highWaterMark: STREAM_HIGH_WATER_MARK });
         // 0600 from the start, then handed to the qube's root (and opened up, for the call socket).
         await listenWithUmask(server, p, 0o177);
-        sides.push({ server, path: p, unidentified: 0 });
+        sides.push({ server, path: p, unidentified: { waiting: 0, max: MAX_UNIDENTIFIED } });
         fs.chownSync(p, uid, gid);
         fs.chmodSync(p, mode);
       }
@@ -135,25 +135,11 @@ export class QubeChannel {
   }
 
   #accept(sock: net.Socket, side: Listener): void {
-    if (this.#closed || side.unidentified >= MAX_UNIDENTIFIED) {
+    if (this.#closed) {
       sock.destroy();
       return;
     }
-    side.unidentified++;
-    this.#sockets.add(sock);
-    sock.once('close', () => this.#sockets.delete(sock));
-    let identified = false;
-    const timer = setTimeout(() => { sock.destroy(); }, IDENTIFY_TIMEOUT_MS);
-    const done = (): void => {
-      if (identified) return;
-      identified = true;
-      side.unidentified--;
-      clearTimeout(timer);
-    };
-    sock.on('error', () => { /* reported through close */ });
-    sock.once('close', done);
-    onFirstFrame(sock, (first, rest) => {
-      done();
+    const accepted = onFirstFrameWithin(sock, side.unidentified, IDENTIFY_TIMEOUT_MS, (first, rest) => {
       try {
         if (side === this.#callSide) {
           // The call socket is for calls and nothing else.
@@ -171,6 +157,9 @@ export class QubeChannel {
         sock.destroy();
       }
     });
+    if (!accepted) return;
+    this.#sockets.add(sock);
+    sock.once('close', () => this.#sockets.delete(sock));
   }
 
   #onControl(sock: net.Socket, rest: Buffer): void {

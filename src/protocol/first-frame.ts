@@ -30,3 +30,42 @@ export function onFirstFrame(sock: net.Socket, handle: (first: Frame, rest: Buff
   sock.on('data', onData);
   sock.once('end', onEnd);
 }
+
+/** How many connections of one listening socket wait for their first frame, and how many may. */
+export interface FirstFrameSlots {
+  waiting: number;
+  readonly max: number;
+}
+
+/**
+ * onFirstFrame for an untrusted peer: while `slots.max` connections already wait for their first
+ * frame a new one is closed at once, and one that does not send it within `timeoutMs` is closed.
+ * Returns false when the connection was refused (and destroyed).
+ */
+export function onFirstFrameWithin(
+  sock: net.Socket,
+  slots: FirstFrameSlots,
+  timeoutMs: number,
+  handle: (first: Frame, rest: Buffer) => void,
+): boolean {
+  if (slots.waiting >= slots.max) {
+    sock.destroy();
+    return false;
+  }
+  slots.waiting++;
+  let identified = false;
+  const timer = setTimeout(() => { sock.destroy(); }, timeoutMs);
+  const identify = (): void => {
+    if (identified) return;
+    identified = true;
+    slots.waiting--;
+    clearTimeout(timer);
+  };
+  sock.on('error', () => { /* reported through close */ });
+  sock.once('close', identify);
+  onFirstFrame(sock, (first, rest) => {
+    identify();
+    handle(first, rest);
+  });
+  return true;
+}
