@@ -1,5 +1,5 @@
 // Enforces the one-way dependency direction between source folders (see ARCHITECTURE.md):
-// protocol, policy <- core <- hal <- daemon <- cli (policy is pure: it imports nothing of ours). A file may import only from its own folder and the
+// protocol, policy <- core <- hal <- net <- daemon <- cli (policy is pure: it imports nothing of ours). A file may import only from its own folder and the
 // folders listed for it.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -10,8 +10,9 @@ const allowed = {
   agent: ['protocol'],
   core: ['protocol'],
   hal: ['protocol', 'core'],
-  daemon: ['protocol', 'policy', 'core', 'hal'],
-  cli: ['protocol', 'policy', 'core', 'hal', 'daemon'],
+  net: ['protocol', 'core', 'hal'],
+  daemon: ['protocol', 'policy', 'core', 'hal', 'net'],
+  cli: ['protocol', 'policy', 'core', 'hal', 'net', 'daemon'],
 };
 
 const root = path.resolve(import.meta.dirname, '..', 'src');

@@ -24,6 +24,7 @@ const COMMANDS: ReadonlyMap<string, Loader> = new Map<string, Loader>([
   ['qvm-check', async () => (await import('./commands/power.js')).qvmCheck],
   ['qvm-run', async () => (await import('./commands/run.js')).qvmRun],
   ['qvm-volume', async () => (await import('./commands/volume.js')).qvmVolume],
+  ['qvm-firewall', async () => (await import('./commands/firewall.js')).qvmFirewall],
   ['template', async () => (await import('./commands/template.js')).template],
   ['ask', async () => (await import('./commands/ask.js')).ask],
   ['policy', async () => (await import('./commands/policy.js')).policy],

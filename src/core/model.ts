@@ -19,6 +19,8 @@ export interface QubeRecord {
   readonly features: Map<string, string>;
   readonly tags: Set<string>;
   notes: string;
+  /** Firewall rules in canonical form (src/core/firewall.ts), in order; replaced whole on change. */
+  firewall: readonly string[];
 }
 
 export interface RegistryState {
@@ -38,6 +40,7 @@ export function newDom0(): QubeRecord {
     features: new Map(),
     tags: new Set(),
     notes: '',
+    firewall: [],
   };
 }
 

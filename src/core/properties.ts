@@ -4,6 +4,7 @@ import os from 'node:os';
 import { QubesError, propertyValueError } from './errors.js';
 import { findLabel } from './labels.js';
 import type { PropValue, QubeClass, QubeRecord, RegistryState } from './model.js';
+import { addressFor, QUBE_MAC, QUBE_NETMASK, VIRTUAL_DNS } from './network.js';
 
 export type PropType = 'str' | 'int' | 'bool' | 'vm' | 'label';
 export type Access = 'rw' | 'ro' | 'write-once';
@@ -84,6 +85,17 @@ export function boolValue(s: RegistryState, q: QubeRecord, name: string): boolea
 export function refValue(s: RegistryState, q: QubeRecord, name: string): string | null {
   const v = qubeValue(s, q, name);
   return typeof v === 'string' && v !== '' ? v : null;
+}
+
+/** Whether the qube has an address: it has a netvm, or it provides network itself. */
+export function isNetworked(s: RegistryState, q: QubeRecord): boolean {
+  if (q.klass === 'AdminVM') return false;
+  return boolValue(s, q, 'provides_network') || refValue(s, q, 'netvm') !== null;
+}
+
+function visibleIp(s: RegistryState, q: QubeRecord): string | undefined {
+  if (!isNetworked(s, q)) return undefined;
+  return addressFor(q.qid, q.klass === 'DispVM');
 }
 
 // ---------- checks ----------
@@ -184,6 +196,31 @@ const QUBE_PROP_LIST: readonly QubePropDef[] = [
     check: checkNetvm },
   { name: 'provides_network', type: 'bool', access: 'rw', classes: VM_CLASSES,
     help: 'Whether this qube can act as a netvm for other qubes.', default: () => false },
+  // Qubes' network properties, computed (read-only here): see src/core/network.ts.
+  { name: 'ip', type: 'str', access: 'ro', classes: VM_CLASSES,
+    help: 'IPv4 address of this qube (10.137.X.Y from its qid; disposables 10.138.X.Y); empty without network.',
+    default: (q, s) => (isNetworked(s, q) ? addressFor(q.qid, q.klass === 'DispVM') : undefined) },
+  { name: 'visible_ip', type: 'str', access: 'ro', classes: VM_CLASSES,
+    help: 'IPv4 address of this qube as the qube sees it (the same as ip: net.fake-* features are not supported).',
+    default: (q, s) => visibleIp(s, q) },
+  { name: 'visible_gateway', type: 'str', access: 'ro', classes: VM_CLASSES,
+    help: 'Default gateway of this qube as the qube sees it (its netvm\'s gateway).',
+    default: (q, s) => {
+      const netvm = refValue(s, q, 'netvm');
+      const n = netvm === null ? undefined : s.qubes.get(netvm);
+      return n ? visibleIp(s, n) : undefined;
+    } },
+  { name: 'visible_netmask', type: 'str', access: 'ro', classes: VM_CLASSES,
+    help: 'Netmask of this qube as the qube sees it (point-to-point: 255.255.255.255).',
+    default: (q, s) => (isNetworked(s, q) ? QUBE_NETMASK : undefined) },
+  { name: 'gateway', type: 'str', access: 'ro', classes: VM_CLASSES,
+    help: 'Gateway for the qubes that use this qube as their netvm (its visible_ip); empty unless it provides network.',
+    default: (q, s) => (boolValue(s, q, 'provides_network') ? visibleIp(s, q) : undefined) },
+  { name: 'dns', type: 'str', access: 'ro', classes: VM_CLASSES,
+    help: 'DNS servers of this qube (virtual; its netvm redirects them to real resolvers).',
+    default: (q, s) => (isNetworked(s, q) ? VIRTUAL_DNS.join(' ') : undefined) },
+  { name: 'mac', type: 'str', access: 'ro', classes: VM_CLASSES,
+    help: 'MAC address of the qube\'s network interface.', default: () => QUBE_MAC },
   { name: 'memory', type: 'int', access: 'rw', classes: VM_CLASSES,
     help: 'Memory (MiB) at start; for containers, the soft limit.',
     default: fromTemplate('memory', () => DEFAULT_MEMORY_MIB), check: checkRange(32, 1024 * 1024) },

@@ -7,6 +7,8 @@ import { ProtocolError, QubesError, propertyValueError, valueError, vmNotFound }
 import { findLabel } from './labels.js';
 import { cloneState, type PropValue, type QubeClass, type QubeRecord, type RegistryState } from './model.js';
 import { assertValidQubeName, isValidFeatureName, isValidFeatureValue, isValidTag } from './names.js';
+import { featureWithTemplate } from './network.js';
+import { DEFAULT_FIREWALL, formatRule, parseRules, ruleActive, type FirewallRule } from './firewall.js';
 import {
   GLOBAL_PROPS,
   boolValue,
@@ -148,6 +150,7 @@ export class Registry {
         features: new Map(),
         tags: new Set([`created-by-${opts.source}`]),
         notes: '',
+        firewall: [...DEFAULT_FIREWALL],
       };
       const templateDef = propDefFor(klass, 'template');
       const template = props.get('template');
@@ -365,15 +368,9 @@ export class Registry {
 
   /** Looks on the qube, then up its template chain. */
   featureCheckWithTemplate(name: string, feature: string): string {
-    let q: QubeRecord | undefined = this.resolve(name);
-    const seen = new Set<string>();
-    while (q && !seen.has(q.name)) {
-      seen.add(q.name);
-      const v = q.features.get(feature);
-      if (v !== undefined) return v;
-      q = templateOf(this.#state, q);
-    }
-    throw featureNotFound(name, feature);
+    const v = featureWithTemplate(this.#state, this.resolve(name), feature);
+    if (v === undefined) throw featureNotFound(name, feature);
+    return v;
   }
 
   featureSet(name: string, untrustedFeature: string, untrustedValue: string): void {
@@ -429,6 +426,34 @@ export class Registry {
       const q = draftQube(d, this.resolve(name));
       q.notes = untrustedNotes;
     });
+  }
+
+  // ---------- firewall ----------
+
+  /** The qube's rules still in force at `nowSec` (expired ones are gone at once, as in Qubes). */
+  firewallRules(name: string, nowSec: number): FirewallRule[] {
+    const q = this.resolve(name);
+    return parseRules(q.firewall).filter((r) => ruleActive(r, nowSec));
+  }
+
+  /** Replaces the whole list (already parsed and checked) and fires `firewall-changed`. */
+  firewallSet(name: string, rules: readonly FirewallRule[]): void {
+    this.#change((d) => {
+      const q = draftQube(d, this.resolve(name));
+      if (q.klass === 'AdminVM') throw new QubesError('QubesVMError', 'The AdminVM has no firewall');
+      q.firewall = rules.map(formatRule);
+      d.events.push({ subject: q.name, event: 'firewall-changed', kwargs: [] });
+    });
+  }
+
+  /** Removes the rules expired at `nowSec`; true when any was removed. */
+  firewallDropExpired(name: string, nowSec: number): boolean {
+    const q = this.resolve(name);
+    const rules = parseRules(q.firewall);
+    const left = rules.filter((r) => ruleActive(r, nowSec));
+    if (left.length === rules.length) return false;
+    this.firewallSet(q.name, left);
+    return true;
   }
 }
 

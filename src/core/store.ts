@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { QUBE_CLASSES, type PropValue, type QubeRecord, type RegistryState } from './model.js';
 import { isValidFeatureName, isValidTag, qubeNameProblem } from './names.js';
 import { GLOBAL_PROPS, propDefFor, valueFitsType } from './properties.js';
+import { DEFAULT_FIREWALL, formatRule, parseRules } from './firewall.js';
 import { validateIntegrity } from './registry.js';
 
 export const STORE_FILE = 'qubes.json';
@@ -29,6 +30,8 @@ const qubeSchema = z.strictObject({
   features: z.array(z.tuple([z.string().refine(isValidFeatureName, 'invalid feature name'), z.string()])),
   tags: z.array(z.string().refine(isValidTag, 'invalid tag')),
   notes: z.string(),
+  // Absent in files written before the firewall existed: the default list.
+  firewall: z.array(z.string()).optional(),
 });
 
 const docSchema = z.strictObject({
@@ -56,6 +59,7 @@ export function serialize(s: RegistryState): string {
         features: [...q.features],
         tags: [...q.tags].sort(),
         notes: q.notes,
+        firewall: [...q.firewall],
       })),
   };
   return JSON.stringify(doc, null, 1) + '\n';
@@ -95,6 +99,7 @@ export function deserialize(text: string, where: string): RegistryState {
       features: new Map(rq.features),
       tags: new Set(rq.tags),
       notes: rq.notes,
+      firewall: storedFirewall(rq.firewall, rq.name, where),
     });
   }
   const globals = new Map<string, PropValue>();
@@ -113,6 +118,20 @@ export function deserialize(text: string, where: string): RegistryState {
     throw new StoreError(`${where}: inconsistent registry: ${(err as Error).message}`);
   }
   return state;
+}
+
+/** Stored rules must be valid and canonical, exactly as the daemon writes them. */
+function storedFirewall(lines: readonly string[] | undefined, name: string, where: string): string[] {
+  if (lines === undefined) return [...DEFAULT_FIREWALL];
+  try {
+    const rules = parseRules(lines);
+    rules.forEach((r, i) => {
+      if (formatRule(r) !== lines[i]) throw new Error(`rule ${i + 1} is not in canonical form`);
+    });
+  } catch (err) {
+    throw new StoreError(`${where}: firewall of qube '${name}': ${(err as Error).message}`);
+  }
+  return [...lines];
 }
 
 export class Store {

@@ -14,6 +14,8 @@ import { AskBroker, DEFAULT_ASK_TIMEOUT_MS, type PromptProvider } from './ask.js
 import { PolicyStore } from './policy-store.js';
 import { QrexecRouter, removeLeftoverDisposables } from './router.js';
 import path from 'node:path';
+import { NetworkOrchestrator } from '../net/orchestrator.js';
+import { lookupHostnames } from './qube-command.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/bulkhead';
 export const DEFAULT_SOCKET = '/run/bulkhead/qubesd.sock';
@@ -33,6 +35,8 @@ export interface DaemonOptions {
   readonly defaultQubes?: boolean;
   /** How long a qrexec ask waits for an answer before it is denied. */
   readonly askTimeoutMs?: number;
+  /** Set up qubes' networks (default true; unit tests without root turn it off). */
+  readonly network?: boolean;
   /** Where asks are shown besides `bulkhead ask list` (the daemon's terminal). */
   readonly promptProvider?: PromptProvider;
 }
@@ -59,13 +63,25 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     const backends = opts.makeBackends ? await opts.makeBackends() : (opts.backends ?? new Map<BackendKind, HypervisorBackend>());
     const lifecycle = new Lifecycle(registry, backends, opts.log);
     removeLeftoverDisposables(registry, lifecycle, opts.log);
+    let network: NetworkOrchestrator | undefined;
+    if (opts.network !== false) {
+      network = new NetworkOrchestrator({
+        registry,
+        log: opts.log,
+        dataDir: opts.dataDir,
+        lookupIn: (netvm, hosts) => lookupHostnames(lifecycle, netvm, hosts),
+        start: (name) => lifecycle.start(name),
+      });
+      await network.init();
+      lifecycle.useNetwork(network);
+    }
     const policy = await PolicyStore.open(path.join(opts.dataDir, 'policy.d'), opts.log);
     const asks = new AskBroker(opts.log, opts.askTimeoutMs ?? DEFAULT_ASK_TIMEOUT_MS);
     if (opts.promptProvider) asks.addProvider(opts.promptProvider);
     // The router serves the Admin API's ask/policy methods and uses the same dispatcher for
     // qubes' admin.* calls: the dispatcher's deps reach the router lazily.
     const holder: { router?: QrexecRouter } = {};
-    const deps: ServerDeps = { registry, lifecycle, log: opts.log, get qrexec() { return holder.router; } };
+    const deps: ServerDeps = { registry, lifecycle, log: opts.log, network, get qrexec() { return holder.router; } };
     const qrexec = new QrexecRouter({ registry, lifecycle, policy, asks, dispatcher: new AdminDispatcher(deps), log: opts.log });
     holder.router = qrexec;
     lifecycle.onServiceRequest((r) => { qrexec.handle(r); });
@@ -79,6 +95,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       await qrexec.close();
       policy.close();
       await lifecycle.close();
+      network?.close();
       throw err;
     }
     opts.log.info({ socket: opts.socketPath, dataDir: opts.dataDir, qubes: registry.state.qubes.size }, 'daemon ready');
@@ -94,6 +111,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
           await qrexec.close();
           policy.close();
           await lifecycle.close();
+          network?.close();
           await lock.release();
           opts.log.info('daemon stopped');
         })();

@@ -78,6 +78,7 @@ const source: QubeRecord = {
   features: new Map(),
   tags: new Set(),
   notes: '',
+  firewall: [],
 };
 
 /** Deps whose dispatcher must not be touched by the services under test. */

@@ -10,7 +10,7 @@ import type { Registry } from '../core/registry.js';
 import crypto from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
-import type { BackendKind, HypervisorBackend, PowerState, QubeLaunchSpec, RootImport, ServiceRequest, VolumeInfo, VolumeManager, VolumeOwner } from '../hal/types.js';
+import type { BackendKind, HypervisorBackend, NetworkHooks, PowerState, QubeLaunchSpec, RootImport, ServiceRequest, VolumeInfo, VolumeManager, VolumeOwner } from '../hal/types.js';
 import { ShutdownTimeout } from '../hal/types.js';
 
 export interface ShutdownOptions {
@@ -27,6 +27,8 @@ export class Lifecycle {
   readonly #unsubscribers: (() => void)[] = [];
   /** uuid → the backend running that qube. */
   readonly #placement = new Map<string, HypervisorBackend>();
+  /** Sets up the network of each starting qube (absent: qubes start with an empty namespace). */
+  #network: { hooksFor(q: QubeRecord): NetworkHooks | undefined } | undefined;
 
   constructor(registry: Registry, backends: ReadonlyMap<BackendKind, HypervisorBackend>, log: Logger) {
     this.#registry = registry;
@@ -51,6 +53,10 @@ export class Lifecycle {
         }),
       );
     }
+  }
+
+  useNetwork(network: { hooksFor(q: QubeRecord): NetworkHooks | undefined }): void {
+    this.#network = network;
   }
 
   /** Service calls made by qubes on any backend (qrexec). */
@@ -182,6 +188,7 @@ export class Lifecycle {
       maxmemMiB: num('maxmem', 4000),
       vcpus: num('vcpus', 2),
       qrexecTimeoutSec: num('qrexec_timeout', 60),
+      network: this.#network?.hooksFor(q),
     };
   }
 

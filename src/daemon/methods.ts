@@ -9,6 +9,7 @@ import { QUBE_CLASSES, type QubeRecord } from '../core/model.js';
 import { formatReading, type PropReading } from '../core/properties.js';
 import type { Registry, RegistryEvent } from '../core/registry.js';
 import type { Lifecycle } from './lifecycle.js';
+import { formatRule, parseRulesPayload, type FirewallRule } from '../core/firewall.js';
 
 export type Scope = 'read' | 'write';
 
@@ -20,8 +21,17 @@ export interface CallContext {
   readonly arg: string;
   readonly untrustedPayload: Buffer;
   readonly qrexec?: QrexecAdmin | undefined;
+  readonly network?: FirewallControl | undefined;
   /** Set for a call from a qube (qrexec): the qubes it may see in admin.vm.List / admin.Events. */
   readonly visible?: ((q: QubeRecord) => boolean) | undefined;
+}
+
+/** What the firewall methods need from the network orchestrator (src/net/orchestrator.ts). */
+export interface FirewallControl {
+  /** Applies rules to the running qube's netvm before they are stored; throws, changing nothing, on failure. */
+  applyFirewall(name: string, rules: readonly FirewallRule[]): Promise<void>;
+  reload(name: string): Promise<void>;
+  checkNetvmChange(q: QubeRecord, running: (name: string) => boolean, newNetvm: string): void;
 }
 
 /** A pending ask (qrexec `ask` action) as the admin domain sees it. */
@@ -48,6 +58,18 @@ export interface QrexecAdmin {
   asks(): readonly PendingAsk[];
   /** Throws QubesError for an unknown id or a target not offered. */
   answerAsk(id: string, answer: AskAnswer): void;
+}
+
+/** Applied in the netvm first, then stored; a failed save puts the old rules back. */
+async function setFirewall(c: CallContext, rules: readonly FirewallRule[]): Promise<void> {
+  const name = c.dest.name;
+  await c.network?.applyFirewall(name, rules);
+  try {
+    c.registry.firewallSet(name, rules);
+  } catch (err) {
+    await c.network?.reload(name).catch(() => undefined);
+    throw err;
+  }
 }
 
 function qrexecOf(c: CallContext): QrexecAdmin {
@@ -146,6 +168,9 @@ function propertyMethods(prefix: string, dest: 'adminvm' | 'any', global: boolea
       help: 'Sets the property to the payload (empty = None for qube references).',
       handler: (c) => {
         const value = asciiPayload(c);
+        if (!global && c.arg === 'netvm') {
+          c.network?.checkNetvmChange(c.dest, (n) => c.lifecycle.powerState(n) === 'Running', value === 'None' ? '' : value);
+        }
         if (global) c.registry.setGlobal(c.arg, value);
         else c.registry.setProp(c.dest.name, c.arg, value);
         return undefined;
@@ -231,6 +256,23 @@ const METHOD_LIST: readonly MethodDecl[] = [
     help: 'Adds a tag (idempotent).', handler: (c) => { c.registry.tagSet(c.dest.name, c.arg); return undefined; } },
   { name: 'admin.vm.tag.Remove', scope: 'write', dest: 'any', arg: 'required', payload: 'none',
     help: 'Removes a tag.', handler: (c) => { c.registry.tagRemove(c.dest.name, c.arg); return undefined; } },
+  { name: 'admin.vm.firewall.Get', scope: 'read', dest: 'vm', arg: 'none', payload: 'none',
+    help: 'The firewall rules in force, one per line (`action=accept` when none were ever set).',
+    handler: (c) => c.registry.firewallRules(c.dest.name, Math.floor(Date.now() / 1000)).map((r) => `${formatRule(r)}\n`).join('') },
+  { name: 'admin.vm.firewall.Set', scope: 'write', dest: 'vm', arg: 'none', payload: 'optional',
+    help: 'Replaces the rules (payload: one rule per line, ASCII); applied at once in the netvm, all or nothing.',
+    handler: async (c) => {
+      const rules = parseRulesPayload(c.untrustedPayload);
+      await setFirewall(c, rules);
+      return undefined;
+    } },
+  { name: 'admin.vm.firewall.Reload', scope: 'write', dest: 'vm', arg: 'none', payload: 'none',
+    help: 'Applies the rules again (hostnames looked up again by the netvm).',
+    handler: async (c) => {
+      await c.network?.reload(c.dest.name);
+      c.registry.emit({ subject: c.dest.name, event: 'firewall-changed', kwargs: [] });
+      return undefined;
+    } },
   { name: 'admin.vm.notes.Get', scope: 'read', dest: 'any', arg: 'none', payload: 'none',
     help: 'The qube notes (UTF-8 text).', handler: (c) => c.dest.notes },
   { name: 'admin.vm.notes.Set', scope: 'write', dest: 'any', arg: 'none', payload: 'optional',

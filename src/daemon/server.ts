@@ -19,7 +19,7 @@ import {
 } from '../protocol/admin-wire.js';
 import type { QubeRecord } from '../core/model.js';
 import type { Lifecycle } from './lifecycle.js';
-import { METHODS, type CallContext, type MethodDecl, type QrexecAdmin } from './methods.js';
+import { METHODS, type CallContext, type FirewallControl, type MethodDecl, type QrexecAdmin } from './methods.js';
 import { clearSocketPath, listenWithUmask } from '../hal/unix-listen.js';
 
 /** A client must finish sending its request (half-close) within this time. */
@@ -35,6 +35,8 @@ export interface ServerDeps {
   readonly log: Logger;
   /** qrexec's admin-side services (asks, policy); absent in tests that need none. */
   readonly qrexec?: QrexecAdmin;
+  /** The network orchestrator; absent when the daemon runs without networking (unit tests). */
+  readonly network?: FirewallControl | undefined;
 }
 
 export class AdminServer {
@@ -189,7 +191,7 @@ export class AdminDispatcher {
 
   /** Resolves source and destination and checks the request shape against the declaration. */
   #context(req: AdminRequest, caller: QubeCaller | undefined): { ctx: CallContext; decl: MethodDecl } {
-    const { registry, lifecycle, qrexec } = this.#deps;
+    const { registry, lifecycle, qrexec, network } = this.#deps;
     const decl = METHODS.get(req.method);
     if (!decl) throw new ProtocolError(`no such method: '${req.method}'`);
     let source;
@@ -220,7 +222,7 @@ export class AdminDispatcher {
     if (decl.payload === 'none' && req.payload.length > 0) throw new ProtocolError('unexpected payload');
     if (decl.payload === 'required' && req.payload.length === 0) throw new ProtocolError('expected payload');
     return {
-      ctx: { registry, lifecycle, qrexec, source, dest, arg: req.arg, untrustedPayload: req.payload, visible: caller?.visible },
+      ctx: { registry, lifecycle, qrexec, network, source, dest, arg: req.arg, untrustedPayload: req.payload, visible: caller?.visible },
       decl,
     };
   }

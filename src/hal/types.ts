@@ -37,6 +37,24 @@ export interface QubeLaunchSpec {
   readonly vcpus: number;
   /** How long to wait for the agent's HELLO before the start counts as failed. */
   readonly qrexecTimeoutSec: number;
+  /** The qube's network, set up by the admin domain (absent: the qube keeps an empty namespace). */
+  readonly network?: NetworkHooks;
+}
+
+/**
+ * How a backend hands a qube's network namespace to the admin domain's network orchestrator.
+ * The backend creates the namespace (with the qube's other namespaces); the orchestrator fills it.
+ */
+export interface NetworkHooks {
+  /** The qube's /etc/resolv.conf (bound read-only over the template's). */
+  readonly resolvConf: string;
+  /**
+   * Connects the network namespace of process `pid` (the qube's init). Called once the process
+   * exists, before the start counts as done; a rejection fails the start.
+   */
+  attach(pid: number, signal: AbortSignal): Promise<void>;
+  /** Undoes everything attach did. Called exactly once when the qube stops for any reason, and after a failed start. Never rejects. */
+  release(): Promise<void>;
 }
 
 export interface QubeStats {

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { QubeChannel } from '../channel.js';
 import type {
   BackendCapabilities,
+  NetworkHooks,
   ExitNotice,
   HypervisorBackend,
   PowerState,
@@ -42,6 +43,8 @@ interface RunningQube {
   readonly channel: QubeChannel;
   readonly cgroupsPath: string | null;
   readonly dispPrivate: boolean;
+  /** The admin domain's network hooks of this run (released once, at teardown). */
+  readonly network: NetworkHooks | undefined;
   pid: number;
   /** The init process's start time (/proc/PID/stat field 22): a reused pid is not our qube. */
   pidStart: string;
@@ -295,6 +298,12 @@ export class ContainerBackend implements HypervisorBackend {
       }
 
       fs.mkdirSync(paths.run, { recursive: true, mode: 0o700 });
+      let resolvConf: string | null = null;
+      if (spec.network !== undefined) {
+        // Bound read-only over the qube's /etc/resolv.conf: readable by every user in the qube.
+        resolvConf = path.join(volatile, 'resolv.conf');
+        fs.writeFileSync(resolvConf, spec.network.resolvConf, { mode: 0o644 });
+      }
       channel = await QubeChannel.listen(paths.socket, paths.callSocket, base, base);
       channel.onServiceRequest((trigger, reply) => {
         const listener = this.#serviceListener;
@@ -321,6 +330,7 @@ export class ContainerBackend implements HypervisorBackend {
         initBinary: this.#opts.initBinary ?? '/usr/bin/tini-static',
         cgroupsPath,
         pidsLimit: this.#opts.pidsLimit ?? 4096,
+        resolvConf,
       });
       fs.writeFileSync(path.join(paths.run, 'config.json'), JSON.stringify(config), { mode: 0o600 });
     } catch (err) {
@@ -333,7 +343,7 @@ export class ContainerBackend implements HypervisorBackend {
     let markExited!: () => void;
     const exited = new Promise<void>((resolve) => { markExited = resolve; });
     const q: RunningQube = {
-      name: spec.name, uuid: spec.uuid, id, paths, channel, cgroupsPath, dispPrivate,
+      name: spec.name, uuid: spec.uuid, id, paths, channel, cgroupsPath, dispPrivate, network: spec.network,
       pid: 0, pidStart: '', state: 'Transient', stopping: false, exited, markExited, oomKills: 0,
     };
     this.#running.set(spec.name, q);
@@ -351,7 +361,11 @@ export class ContainerBackend implements HypervisorBackend {
       });
       died.catch(() => undefined);
       try {
+        // The network is connected while the agent boots; the qube is Running when both are done.
+        const network = spec.network?.attach(q.pid, signal);
+        network?.catch(() => undefined);
         await Promise.race([channel.waitHello(spec.qrexecTimeoutSec * 1000, signal), died]);
+        await network;
       } finally {
         clearInterval(poll);
       }
@@ -454,6 +468,7 @@ export class ContainerBackend implements HypervisorBackend {
           throw new Error(`cannot stop '${q.name}': ${message}`, { cause: err });
         }
       }
+      await q.network?.release();
       try {
         await q.channel.close();
         fs.rmSync(q.paths.volatile, { recursive: true, force: true });

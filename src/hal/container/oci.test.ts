@@ -16,7 +16,7 @@ function inputs(over: Partial<OciInputs> = {}): OciInputs {
     spec, top: '/d/vm/u/volatile/top', rootVolume: '/d/vm/t/root', volatileRoot: true, topDirs: ['etc', 'var'],
     upper: '/d/vm/u/volatile/upper', work: '/d/vm/u/volatile/work', hostUsr: true, privateVolume: '/d/vm/u/private',
     socket: '/d/vm/u/run/qrexec.sock', callSocket: '/d/vm/u/run/qrexec-call.sock', agentBundle: '/opt/b/agent-bundle', nodeBinary: '/usr/bin/node',
-    initBinary: '/usr/bin/tini-static', cgroupsPath: '/bulkhead/bh-x', pidsLimit: 4096, ...over,
+    initBinary: '/usr/bin/tini-static', cgroupsPath: '/bulkhead/bh-x', pidsLimit: 4096, resolvConf: null, ...over,
   };
 }
 
@@ -31,6 +31,14 @@ describe('OCI config of a container qube', () => {
     assert.ok(hostUidBase(10000) + UID_RANGE <= 0xffffffff);
     assert.throws(() => hostUidBase(0), RangeError);
     assert.throws(() => hostUidBase(10001), RangeError);
+  });
+
+  test('a resolv.conf is bound read-only over /etc/resolv.conf, after every root mount', () => {
+    assert.equal(buildOciConfig(inputs()).mounts.find((m) => m.destination === '/etc/resolv.conf'), undefined);
+    const c = buildOciConfig(inputs({ resolvConf: '/d/vm/u/volatile/resolv.conf' }));
+    const i = c.mounts.findIndex((m) => m.destination === '/etc/resolv.conf');
+    assert.ok(i > c.mounts.findIndex((m) => m.destination === '/etc'));
+    assert.deepEqual(c.mounts[i], { destination: '/etc/resolv.conf', type: 'bind', source: '/d/vm/u/volatile/resolv.conf', options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
   });
 
   test('every namespace, no_new_privs, bounded capabilities, hostname = qube name', () => {

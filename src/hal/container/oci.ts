@@ -32,6 +32,8 @@ export interface OciInputs {
   readonly privateVolume: string;
   readonly socket: string;
   readonly callSocket: string;
+  /** A resolv.conf to bind read-only over the qube's (null: the template's stays). */
+  readonly resolvConf: string | null;
   readonly agentBundle: string;
   readonly nodeBinary: string;
   readonly initBinary: string;
@@ -137,6 +139,10 @@ export function buildOciConfig(i: OciInputs): OciConfig {
     { destination: `${AGENT_DIR}/qrexec.sock`, type: 'bind', source: i.socket, options: ['bind', 'nosuid', 'nodev', 'noexec'] },
     { destination: `${AGENT_DIR}/qrexec-call.sock`, type: 'bind', source: i.callSocket, options: ['bind', 'nosuid', 'nodev', 'noexec'] },
   );
+  // After /etc's own mount: crun resolves the destination inside the qube's root.
+  if (i.resolvConf !== null) {
+    mounts.push({ destination: '/etc/resolv.conf', type: 'bind', source: i.resolvConf, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+  }
   const caps = [...QUBE_CAPABILITIES];
   const linux: OciConfig['linux'] = {
     uidMappings: [{ containerID: 0, hostID: base, size: UID_RANGE }],
