@@ -20,7 +20,6 @@ import {
   propNamesFor,
   readProp,
   refValue,
-  templateOf,
   type PropDef,
   type PropReading,
 } from './properties.js';

@@ -24,7 +24,7 @@ interface Harness {
 async function harness(backends?: ReadonlyMap<BackendKind, HypervisorBackend>): Promise<Harness> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bulkhead-api-'));
   const socket = path.join(dir, 'qubesd.sock');
-  const daemon = await startDaemon({ dataDir: path.join(dir, 'data'), socketPath: socket, log: silentLogger(), defaultQubes: true, ...(backends ? { backends } : {}) });
+  const daemon = await startDaemon({ dataDir: path.join(dir, 'data'), socketPath: socket, log: silentLogger(), network: false, defaultQubes: true, ...(backends ? { backends } : {}) });
   return { dir, socket, daemon };
 }
 
@@ -67,11 +67,11 @@ test('the daemon refuses to replace a file that is not a socket, and releases it
     fs.writeFileSync(notSocket, 'keep me');
     const dataDir = path.join(dir, 'data');
     await assert.rejects(
-      startDaemon({ dataDir, socketPath: notSocket, log: silentLogger() }),
+      startDaemon({ dataDir, socketPath: notSocket, log: silentLogger(), network: false }),
       /exists and is not a socket; refusing to replace it/,
     );
     assert.equal(fs.readFileSync(notSocket, 'utf8'), 'keep me');
-    const d = await startDaemon({ dataDir, socketPath: path.join(dir, 'ok.sock'), log: silentLogger() });
+    const d = await startDaemon({ dataDir, socketPath: path.join(dir, 'ok.sock'), log: silentLogger(), network: false });
     await d.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -122,7 +122,7 @@ describe('Admin API wire format (golden bytes)', () => {
     const all = (await raw(h.socket, req('admin.vm.property.GetAll', 'work'))).toString();
     assert.ok(all.startsWith('0\0'));
     assert.ok(all.includes('\nlabel default=False type=label blue\n'));
-    assert.ok(all.includes('\nnetvm default=True type=vm \n'));
+    assert.ok(all.includes('\nnetvm default=True type=vm sys-firewall\n'));
     const names = all.slice(2).split('\n').filter((l) => l !== '').map((l) => l.split(' ')[0]);
     const listed = (await raw(h.socket, req('admin.vm.property.List', 'work'))).toString().slice(2).split('\n').filter((l) => l !== '');
     assert.deepEqual(names, listed);
@@ -391,7 +391,7 @@ describe('lifecycle through the HAL', () => {
       await raw(h.socket, req('admin.vm.Start', 'work'));
       assert.deepEqual(
         await raw(h.socket, req('admin.vm.property.Set', 'debian-12', 'deb', 'name')),
-        exc('QubesVMInUseError', "Cannot rename 'debian-12' while qubes that use it are running: work"),
+        exc('QubesVMInUseError', "Cannot rename 'debian-12' while qubes that use it are running: sys-net, sys-firewall, work"),
       );
       assert.deepEqual(await raw(h.socket, req('admin.vm.property.Set', 'personal', 'private', 'name')), ok(''));
       await all.until('1\0\0domain-delete\0vm\0personal\0\0');

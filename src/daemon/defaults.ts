@@ -22,8 +22,6 @@ export function defineDefaultQubes(registry: Registry): void {
   registry.setProp(SYS_FIREWALL, 'provides_network', 'True');
   registry.setProp(SYS_FIREWALL, 'netvm', SYS_NET);
   registry.setGlobal('default_netvm', SYS_FIREWALL);
-  registry.setGlobal('updatevm', SYS_FIREWALL);
-  registry.setGlobal('clockvm', SYS_NET);
   make('AppVM', DEFAULT_DVM, 'red', DEFAULT_TEMPLATE);
   registry.setProp(DEFAULT_DVM, 'template_for_dispvms', 'True');
   registry.setGlobal('default_dispvm', DEFAULT_DVM);

@@ -44,16 +44,19 @@ export async function runInQube(
         for (const f of parser.push(chunk)) {
           if (f.type === MSG_DATA_STDOUT) {
             size += f.payload.length;
-            if (size > opts.maxBytes) return finish(new Error(`the output of a command in '${name}' exceeded ${opts.maxBytes} bytes`));
+            if (size > opts.maxBytes) {
+              finish(new Error(`the output of a command in '${name}' exceeded ${opts.maxBytes} bytes`));
+              return;
+            }
             chunks.push(f.payload);
           } else if (f.type === MSG_DATA_EXIT_CODE) {
-            return finish(undefined, parseExitCode(f.payload));
+            finish(undefined, parseExitCode(f.payload));
+            return;
           }
         }
       } catch (err) {
         finish(err as Error);
       }
-      return undefined;
     });
     sock.on('error', (err) => { finish(err); });
     sock.on('close', () => { finish(new Error(`the command in '${name}' ended without an exit code`)); });

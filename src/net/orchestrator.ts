@@ -80,7 +80,6 @@ interface Node {
 
 /** Most addresses kept per hostname of a rule. */
 const MAX_ADDRS_PER_HOST = 32;
-const LOOKUP_MAX_BYTES = 256 * 1024;
 
 const ON = new Set(['1', 'true', 'True', 'yes']);
 
@@ -314,13 +313,26 @@ export class NetworkOrchestrator {
       const n = node.linkedTo;
       node.linkedTo = null;
       if (node.provider) {
-        // Its clients keep running without network until it is back.
-        for (const c of this.#nodes.values()) if (c.linkedTo === node) c.linkedTo = null;
+        // Its clients keep running without network until it is back (their ends are removed now,
+        // not whenever the kernel gets to this namespace, so a quick restart can link them again).
+        for (const c of this.#nodes.values()) {
+          if (c.linkedTo !== node) continue;
+          c.linkedTo = null;
+          await this.#run.run(['ip', '-n', c.ns, 'link', 'del', CLIENT_IF]).catch((err: unknown) => { this.#warn(`disconnecting '${c.name}'`, err); });
+        }
         if (node.nicDev !== null) {
           // A physical interface would fall back to the host's first namespace: bring it home.
           await this.#run.run(['ip', '-n', node.ns, 'link', 'set', node.nicDev, 'netns', String(process.pid)])
             .catch((err: unknown) => { this.#warn(`returning ${node.nicDev ?? ''} to the admin domain`, err); });
         }
+      }
+      // A namespace is destroyed asynchronously by the kernel, and its veths with it: the links
+      // are deleted here first, so nothing dangles (a restart could not recreate `vif<qid>`).
+      if (n !== null && this.#nodes.get(n.name) === n) {
+        await this.#run.run(['ip', '-n', n.ns, 'link', 'del', vifName(node.qid)]).catch((err: unknown) => { this.#warn(`removing the link of '${name}'`, err); });
+      }
+      if (node.hostUplink !== null) {
+        await this.#run.run(['ip', 'link', 'del', node.hostUplink.hostIf]).catch((err: unknown) => { this.#warn(`removing the uplink of '${name}'`, err); });
       }
       await this.#run.run(['ip', 'netns', 'del', node.ns]);
       if (node.hostUplink !== null) {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { BIN_DIR, lines, makeTempDir, parsePrefsList, parseTable, removeTempDir, rowOf, runCli, suiteDaemon, type Daemon } from './helpers.js';
 
-const DEFAULT_QUBES = ['debian-12', 'default-dvm', 'dom0', 'personal', 'untrusted', 'vault', 'work'];
+const DEFAULT_QUBES = ['debian-12', 'default-dvm', 'dom0', 'personal', 'sys-firewall', 'sys-net', 'untrusted', 'vault', 'work'];
 
 async function exists(d: Daemon, name: string): Promise<boolean> {
   // Like every Qubes tool, qvm-check treats an unknown qube name as a usage error (exit 2).
@@ -23,13 +23,14 @@ async function pref(d: Daemon, vm: string, prop: string): Promise<string> {
 
 void describe('qvm-ls', () => {
   const daemon = suiteDaemon({ defaultQubes: true });
-  const ALL = [...DEFAULT_QUBES, 'sys-firewall', 'sys-net'].sort();
+  const ALL = [...DEFAULT_QUBES, 'fw-b', 'net-sa'].sort();
 
   it('sets up a netvm chain and tags (fixture)', async () => {
     const d = daemon();
-    await d.ok('qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=True', 'sys-net']);
-    await d.ok('qvm-create', ['-l', 'orange', '--prop', 'provides_network=True', '--prop', 'netvm=sys-net', 'sys-firewall']);
-    await d.ok('qvm-prefs', ['work', 'netvm', 'sys-firewall']);
+    await d.ok('qvm-create', ['-C', 'StandaloneVM', '-l', 'red', '--prop', 'provides_network=True', 'net-sa']);
+    await d.ok('qvm-create', ['-l', 'orange', '--prop', 'provides_network=True', '--prop', 'netvm=net-sa', 'fw-b']);
+    await d.ok('qvm-prefs', ['work', 'netvm', 'fw-b']);
+    await d.ok('qvm-prefs', ['personal', 'netvm', '']);
     await d.ok('qvm-tags', ['work', 'add', 'ls-tag']);
     await d.ok('qvm-tags', ['personal', 'add', 'ls-tag', 'other-tag']);
     assert.deepEqual(await names(d), ALL);
@@ -46,8 +47,8 @@ void describe('qvm-ls', () => {
     assert.deepEqual(rows.map((row) => row[0]), ALL);
     assert.deepEqual(rowOf(rows, 'dom0'), ['dom0', 'Running', 'AdminVM', 'black', '-', '-']);
     assert.deepEqual(rowOf(rows, 'debian-12'), ['debian-12', 'Halted', 'TemplateVM', 'black', '-', '-']);
-    assert.deepEqual(rowOf(rows, 'work'), ['work', 'Halted', 'AppVM', 'blue', 'debian-12', 'sys-firewall']);
-    assert.deepEqual(rowOf(rows, 'sys-net'), ['sys-net', 'Halted', 'StandaloneVM', 'red', '-', '-']);
+    assert.deepEqual(rowOf(rows, 'work'), ['work', 'Halted', 'AppVM', 'blue', 'debian-12', 'fw-b']);
+    assert.deepEqual(rowOf(rows, 'net-sa'), ['net-sa', 'Halted', 'StandaloneVM', 'red', '-', '-']);
     // Columns are exactly two blanks past the widest cell of the column before.
     const nameWidth = Math.max(...rows.map((row) => (row[0] ?? '').length));
     assert.equal(all[0]?.indexOf('STATE'), nameWidth + 2);
@@ -73,10 +74,10 @@ void describe('qvm-ls', () => {
     assert.ok(!all.some((l) => l.includes('NAME')), 'no header');
     for (const l of all) assert.equal(l.split('|').length, 6, l);
     assert.ok(all.includes('dom0|Running|AdminVM|black|-|-'), r.stdout);
-    assert.ok(all.includes('work|Halted|AppVM|blue|debian-12|sys-firewall'), r.stdout);
+    assert.ok(all.includes('work|Halted|AppVM|blue|debian-12|fw-b'), r.stdout);
     const fields = await daemon().run('qvm-ls', ['--raw-data', '-O', 'name,class,netvm', 'work', 'dom0']);
     assert.equal(fields.code, 0, fields.stderr);
-    assert.equal(fields.stdout, 'work|AppVM|sys-firewall\ndom0|AdminVM|-\n');
+    assert.equal(fields.stdout, 'work|AppVM|fw-b\ndom0|AdminVM|-\n');
   });
 
   it('--raw-list prints only the names', async () => {
@@ -99,7 +100,7 @@ void describe('qvm-ls', () => {
     assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--class', 'AdminVM'])), ['dom0']);
     assert.deepEqual(lines(await daemon().ok('qvm-ls', ['--raw-list', '--class', 'StandaloneVM', '--class', 'TemplateVM'])), [
       'debian-12',
-      'sys-net',
+      'net-sa',
     ]);
   });
 
@@ -117,9 +118,9 @@ void describe('qvm-ls', () => {
     const all = lines(r.stdout);
     assert.equal(all.length, ALL.length + 1);
     const idx = (re: RegExp): number => all.findIndex((l) => re.test(l));
-    const net = idx(/^sys-net +-$/);
-    const fw = idx(/^└─sys-firewall +sys-net$/);
-    const work = idx(/^ {2}└─work +sys-firewall$/);
+    const net = idx(/^net-sa +-$/);
+    const fw = idx(/^└─fw-b +net-sa$/);
+    const work = idx(/^ {2}└─work +fw-b$/);
     assert.ok(net > 0 && fw === net + 1 && work > fw, r.stdout);
     // qubes without a netvm stay at the top level
     assert.ok(idx(/^dom0 +-$/) > 0 && idx(/^personal +-$/) > 0, r.stdout);
@@ -159,7 +160,7 @@ void describe('qvm-create', () => {
     const list = parsePrefsList(await d.ok('qvm-prefs', ['c-app']));
     assert.deepEqual(list.get('memory'), { flag: '-', value: '800' });
     const { rows } = parseTable(await d.ok('qvm-ls', ['c-app']));
-    assert.deepEqual(rows, [['c-app', 'Halted', 'AppVM', 'green', 'debian-12', '-']]);
+    assert.deepEqual(rows, [['c-app', 'Halted', 'AppVM', 'green', 'debian-12', 'sys-firewall']]);
   });
 
   it('uses default_template without -t, and creates templates and standalones', async () => {
@@ -242,7 +243,17 @@ void describe('qvm-prefs and qubes-prefs', () => {
     assert.deepEqual(list.get('memory'), { flag: 'D', value: '400' });
     assert.deepEqual(list.get('vcpus'), { flag: 'D', value: '2' });
     assert.deepEqual(list.get('klass'), { flag: 'D', value: 'AppVM' });
-    assert.deepEqual(list.get('netvm'), { flag: 'D', value: 'None' });
+    assert.deepEqual(list.get('netvm'), { flag: 'D', value: 'sys-firewall' });
+    // Qubes' read-only network properties: computed from the qid and the netvm.
+    assert.match(list.get('ip')?.value ?? '', /^10\.137\.0\.\d+$/);
+    assert.deepEqual(list.get('dns'), { flag: 'D', value: '10.139.1.1 10.139.1.2' });
+    assert.deepEqual(list.get('mac'), { flag: 'D', value: '00:16:3e:5e:6c:00' });
+    assert.equal(list.get('visible_gateway')?.value, await pref(daemon(), 'sys-firewall', 'ip'));
+    assert.equal(await pref(daemon(), 'vault', 'ip'), '');
+    assert.equal(await pref(daemon(), 'sys-firewall', 'gateway'), await pref(daemon(), 'sys-firewall', 'ip'));
+    const ro = await daemon().run('qvm-prefs', ['work', 'ip', '10.1.2.3']);
+    assert.equal(ro.code, 1);
+    assert.match(ro.stderr, /read-only/);
     const names = [...list.keys()];
     assert.deepEqual(names, [...names].sort(), 'sorted by name');
     const hidden = parsePrefsList(await daemon().ok('qvm-prefs', ['--hide-default', 'work']));

@@ -2,7 +2,7 @@
 // fresh temp dir and the real qvm-* commands against it. Every process started here is tracked
 // and killed, and every temp dir removed, when the test (or suite) ends — and, as a last resort,
 // when the test process itself exits.
-import { execFileSync, spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -27,6 +27,28 @@ export async function reapContainers(dir: string): Promise<string[]> {
       await crun.delete(c.id, true).catch(() => undefined);
       reaped.push(c.id);
     }
+  }
+  return reaped;
+}
+
+/**
+ * Removes the network namespace handles (/run/netns/bulkhead-<uuid>) of the qubes in a data
+ * dir whose daemon died without releasing them. Returns the names removed.
+ */
+export function reapNetns(dataDir: string): string[] {
+  let uuids: string[];
+  try {
+    const doc = JSON.parse(fs.readFileSync(path.join(dataDir, 'qubes.json'), 'utf8')) as { qubes: { uuid: string }[] };
+    uuids = doc.qubes.map((q) => q.uuid);
+  } catch {
+    return [];
+  }
+  const reaped: string[] = [];
+  for (const uuid of uuids) {
+    const name = `bulkhead-${uuid}`;
+    if (!fs.existsSync(`/run/netns/${name}`)) continue;
+    spawnSync('ip', ['netns', 'del', name]);
+    reaped.push(name);
   }
   return reaped;
 }
@@ -139,8 +161,11 @@ function childEnv(socketPath: string | undefined, extra: Readonly<Record<string,
 }
 
 /** Starts node with `args` from the repository, tracked for cleanup, collecting its output. */
-function spawnNode(args: readonly string[], env: NodeJS.ProcessEnv): { child: ChildProcessWithoutNullStreams; out: Buffer[]; err: Buffer[] } {
-  const child = spawn(process.execPath, args, { cwd: REPO_ROOT, env, stdio: ['pipe', 'pipe', 'pipe'] });
+function spawnNode(args: readonly string[], env: NodeJS.ProcessEnv, netns?: string): { child: ChildProcessWithoutNullStreams; out: Buffer[]; err: Buffer[] } {
+  // In a network namespace the test made: nsenter execs node itself (same pid).
+  const child = netns === undefined
+    ? spawn(process.execPath, args, { cwd: REPO_ROOT, env, stdio: ['pipe', 'pipe', 'pipe'] })
+    : spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, ...args], { cwd: REPO_ROOT, env, stdio: ['pipe', 'pipe', 'pipe'] });
   track(child);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
@@ -201,6 +226,8 @@ export interface SpawnDaemonOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** More `bulkhead daemon` options (e.g. `--ask-timeout 2`). */
   readonly args?: readonly string[];
+  /** Run the daemon in this network namespace (/run/netns/NAME) the test made. */
+  readonly netns?: string;
 }
 
 /** Starts `bulkhead daemon` and returns at once (see waitForDaemon). */
@@ -208,7 +235,7 @@ export function spawnDaemon(opts: SpawnDaemonOptions): DaemonProcess {
   const args = [BULKHEAD, 'daemon', '--data-dir', opts.dataDir, '--socket', opts.socketPath];
   if (opts.defaultQubes === true) args.push('--default-qubes');
   args.push(...(opts.args ?? []));
-  const { child, out, err } = spawnNode(args, childEnv(undefined, opts.env));
+  const { child, out, err } = spawnNode(args, childEnv(undefined, opts.env), opts.netns);
   child.stdin.end(); // the daemon reads nothing
   let status: ExitStatus | undefined;
   const exited = new Promise<ExitStatus>((resolve) => {
@@ -313,6 +340,8 @@ export interface StartOptions {
   readonly t?: TestContext;
   readonly env?: Readonly<Record<string, string>>;
   readonly args?: readonly string[];
+  /** Run the daemon in this network namespace the test made (see spawnDaemon). */
+  readonly netns?: string;
 }
 
 /** A daemon in its own temp dir: `<tmp>/data` and `<tmp>/run/qubesd.sock`. */
@@ -360,6 +389,7 @@ export class Daemon {
       defaultQubes: this.#opts.defaultQubes === true,
       ...(this.#opts.env ? { env: this.#opts.env } : {}),
       ...(this.#opts.args ? { args: this.#opts.args } : {}),
+      ...(this.#opts.netns === undefined ? {} : { netns: this.#opts.netns }),
     });
     await waitForDaemon(this.#proc, this.socketPath);
   }
@@ -398,6 +428,7 @@ export class Daemon {
     } finally {
       // A daemon that died hard leaves its qubes running: never leak them past the test.
       await reapContainers(this.tmpDir).catch(() => undefined);
+      reapNetns(this.dataDir);
       removeTempDir(this.tmpDir);
     }
   }
