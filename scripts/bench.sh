@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 npm run --silent build
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(admin-vm-list qvm-ls qube-start many-qubes policy qrexec)
+  benches=(admin-vm-list qvm-ls qube-start many-qubes policy qrexec network)
 fi
 status=0
 for b in "${benches[@]}"; do

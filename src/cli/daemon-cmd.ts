@@ -25,6 +25,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
         'build-default-template': { type: 'boolean' },
         'ask-timeout': { type: 'string' },
         'no-tty-prompt': { type: 'boolean' },
+        'no-network': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -34,7 +35,7 @@ export async function daemonMain(argv: string[]): Promise<number> {
     return 2;
   }
   if (values.help === true) {
-    process.stdout.write('usage: bulkhead daemon [--data-dir DIR] [--socket PATH] [--default-qubes] [--build-default-template] [--ask-timeout SECONDS] [--no-tty-prompt]\n');
+    process.stdout.write('usage: bulkhead daemon [--data-dir DIR] [--socket PATH] [--default-qubes] [--build-default-template] [--ask-timeout SECONDS] [--no-tty-prompt] [--no-network]\n');
     return 0;
   }
   const askTimeout = values['ask-timeout'] === undefined ? 60 : Number(values['ask-timeout']);
@@ -66,6 +67,8 @@ export async function daemonMain(argv: string[]): Promise<number> {
         return backends;
       },
       defaultQubes: values['default-qubes'] === true,
+      // Qubes start with an empty network namespace (hosts without nftables, measurements).
+      network: values['no-network'] !== true,
       askTimeoutMs: askTimeout * 1000,
       promptProvider: tty,
     });

@@ -66,13 +66,17 @@ export function renderRule(r: ResolvedRule): string[] {
   }
   if (rule.icmptype !== undefined) tail.push(`icmp type ${rule.icmptype}`);
   const host = rule.host;
+  // The virtual DNS addresses are IPv4: an IPv6 destination with `specialtarget=dns` matches
+  // nothing (and nft refuses `ip6 daddr` next to `ct original ip daddr`), so it gets no line.
+  const v6 = rule.specialtarget !== 'dns';
   const heads: string[] = [];
   if (host === undefined) heads.push('');
   else if (host.type === 'dst4') heads.push(`ip daddr ${host.addr}/${host.prefix} `);
-  else if (host.type === 'dst6') heads.push(`ip6 daddr ${host.addr}/${host.prefix} `);
-  else {
+  else if (host.type === 'dst6') {
+    if (v6) heads.push(`ip6 daddr ${host.addr}/${host.prefix} `);
+  } else {
     if (r.addrs4 !== undefined && r.addrs4.length > 0) heads.push(`ip daddr ${set(r.addrs4)} `);
-    if (r.addrs6 !== undefined && r.addrs6.length > 0) heads.push(`ip6 daddr ${set(r.addrs6)} `);
+    if (v6 && r.addrs6 !== undefined && r.addrs6.length > 0) heads.push(`ip6 daddr ${set(r.addrs6)} `);
   }
   const body = tail.join(' ');
   return heads.map((h) => `${h}${body}${body === '' ? '' : ' '}${verdict}`);
