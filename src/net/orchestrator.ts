@@ -90,6 +90,8 @@ export class NetworkOrchestrator {
   readonly #nodes = new Map<string, Node>();
   readonly #hostUplinks = new Map<string, HostUplink>();
   #queue: Promise<unknown> = Promise.resolve();
+  /** Netvms a reconcile is starting (one start each). */
+  readonly #starting = new Set<string>();
   #expiry: NodeJS.Timeout | undefined;
   readonly #unsubscribe: () => void;
 
@@ -459,7 +461,13 @@ export class NetworkOrchestrator {
     });
     return job.then(() => {
       // Outside the queue: the netvm's own attach links its waiting clients.
-      for (const name of toStart) void this.#d.start(name).catch((err: unknown) => { this.#warn(`starting the netvm '${name}'`, err); });
+      for (const name of toStart) {
+        if (this.#starting.has(name)) continue;
+        this.#starting.add(name);
+        void this.#d.start(name)
+          .catch((err: unknown) => { this.#warn(`starting the netvm '${name}'`, err); })
+          .finally(() => this.#starting.delete(name));
+      }
     });
   }
 
