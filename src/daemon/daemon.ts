@@ -72,7 +72,13 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         lookupIn: (netvm, hosts) => lookupHostnames(lifecycle, netvm, hosts),
         start: (name) => lifecycle.start(name),
       });
-      await network.init();
+      try {
+        await network.init();
+      } catch (err) {
+        network.close();
+        await lifecycle.close();
+        throw new Error(`networking needs iproute2 and nftables (${(err as Error).message}); install them, or start the daemon with --no-network`, { cause: err });
+      }
       lifecycle.useNetwork(network);
     }
     const policy = await PolicyStore.open(path.join(opts.dataDir, 'policy.d'), opts.log);
