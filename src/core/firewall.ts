@@ -78,6 +78,16 @@ export function parseHost(untrustedKey: string, untrusted: string): FirewallHost
   return family === 4 ? { type: 'dst4', addr: network, prefix } : { type: 'dst6', addr: network, prefix };
 }
 
+/**
+ * The canonical text of a plain IP address (IPv4 dotted quad; IPv6 compressed lowercase hex
+ * groups, never an embedded IPv4 tail, which nft cannot parse in most forms), or undefined.
+ */
+export function canonicalAddress(untrusted: string): string | undefined {
+  const family = /^[0-9A-Fa-f:.]{2,45}$/.test(untrusted) ? net.isIP(untrusted) : 0;
+  if (family === 0) return undefined;
+  return family === 4 ? maskAddress(untrusted, 4, 32) : maskAddress(untrusted, 6, 128);
+}
+
 function maskAddress(addr: string, family: 4 | 6, prefix: number): string {
   if (family === 4) {
     const n = addr.split('.').reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n);

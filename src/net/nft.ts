@@ -4,7 +4,7 @@
 // Only validated values reach this text: keywords, digits, canonical addresses, interface names
 // built from qids (src/core/firewall.ts, src/net/addresses.ts).
 import { VIRTUAL_DNS } from '../core/network.js';
-import type { FirewallRule } from '../core/firewall.js';
+import { canonicalAddress, type FirewallRule } from '../core/firewall.js';
 
 export const NETVM_TABLE = 'bulkhead';
 /** The verdict for `action=drop` (as Qubes: refused at once, so connections fail fast). */
@@ -48,6 +48,20 @@ function set(values: readonly string[]): string {
   return values.length === 1 ? (values[0] ?? '') : `{ ${values.join(', ')} }`;
 }
 
+/**
+ * Resolved addresses (a netvm's lookup: untrusted even once checked) in canonical text, once
+ * each: nft refuses some valid IPv6 spellings (`1::1.2.3.4`, `0:0:0:0:0:0:1.2.3.4`).
+ */
+function addressSet(values: readonly string[], family: 4 | 6): string {
+  const out = new Set<string>();
+  for (const v of values) {
+    const c = canonicalAddress(v);
+    if (c === undefined || c.includes(':') !== (family === 6)) throw new Error(`not an IPv${family} address: ${JSON.stringify(v)}`);
+    out.add(c);
+  }
+  return set([...out]);
+}
+
 /** One client rule as nft rule lines (several when a hostname has both families). */
 export function renderRule(r: ResolvedRule): string[] {
   const { rule } = r;
@@ -75,8 +89,8 @@ export function renderRule(r: ResolvedRule): string[] {
   else if (host.type === 'dst6') {
     if (v6) heads.push(`ip6 daddr ${host.addr}/${host.prefix} `);
   } else {
-    if (r.addrs4 !== undefined && r.addrs4.length > 0) heads.push(`ip daddr ${set(r.addrs4)} `);
-    if (v6 && r.addrs6 !== undefined && r.addrs6.length > 0) heads.push(`ip6 daddr ${set(r.addrs6)} `);
+    if (r.addrs4 !== undefined && r.addrs4.length > 0) heads.push(`ip daddr ${addressSet(r.addrs4, 4)} `);
+    if (v6 && r.addrs6 !== undefined && r.addrs6.length > 0) heads.push(`ip6 daddr ${addressSet(r.addrs6, 6)} `);
   }
   const body = tail.join(' ');
   return heads.map((h) => `${h}${body}${body === '' ? '' : ' '}${verdict}`);
