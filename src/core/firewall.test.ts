@@ -137,6 +137,8 @@ describe('parseRule: refusals', () => {
     refused('action=accept dsthost=[a]', /^Invalid hostname/);
     refused('action=accept dsthost=...', /^Invalid hostname: '\.\.\.'/);
     refused('action=accept dsthost=-_-', /^Invalid hostname/);
+    refused('action=accept dsthost=-sdns', /^Invalid hostname/);
+    refused('action=accept dsthost=_a', /^Invalid hostname/);
     refused(`action=accept dsthost=${'a'.repeat(254)}`, /^Invalid hostname/);
     assert.equal(parseRule(`action=accept dsthost=${'a'.repeat(253)}`).host?.type, 'dsthost');
     refused('action=accept dsthost=a!b', /^strange characters in rule: 'dsthost=a!b'$/);
@@ -375,7 +377,7 @@ const dst6Arb: fc.Arbitrary<FirewallHost> = fc
 
 const hostnameArb = fc
   .string({ unit: charOf(HOST_ALPHABET), minLength: 1, maxLength: 60 })
-  .filter((s) => /[a-z0-9]/.test(s) && net.isIP(s) === 0);
+  .filter((s) => /^[a-z0-9]/.test(s) && net.isIP(s) === 0);
 
 const dsthostArb: fc.Arbitrary<FirewallHost> = fc.oneof(
   hostnameArb.map((name) => ({ type: 'dsthost' as const, name })),
@@ -439,7 +441,7 @@ function parseOrRefuse(line: string): FirewallRule | undefined {
 
 const STRICT = {
   addr: /^[0-9a-f:.]+$/,
-  hostname: /^[a-z0-9._-]+$/,
+  hostname: /^[a-z0-9][a-z0-9._-]*$/,
 };
 
 /** Every value of a parsed rule that can reach nftables text is of a strict shape. */

@@ -41,7 +41,8 @@ export function firewallError(message: string): QubesError {
 
 const VALUE_CHARS = /^[A-Za-z0-9:;,./_[\]-]*$/;
 const COMMENT_CHARS = /^[A-Za-z0-9:;,./_[\] -]*$/;
-const HOSTNAME = /^[a-z0-9._-]+$/;
+/** Starts with a letter or digit: never read as an option by the netvm's lookup. */
+const HOSTNAME = /^[a-z0-9][a-z0-9._-]*$/;
 const KEYS = new Set(['action', 'expire', 'dst4', 'dst6', 'dsthost', 'dstname', 'proto', 'specialtarget', 'dstports', 'icmptype']);
 
 function parseDecimal(untrusted: string, what: string): number {

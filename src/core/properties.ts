@@ -194,8 +194,8 @@ const QUBE_PROP_LIST: readonly QubePropDef[] = [
       return globalValue(s, 'default_netvm') ?? null;
     },
     check: checkNetvm },
-  { name: 'provides_network', type: 'bool', access: 'rw', classes: VM_CLASSES,
-    help: 'Whether this qube can act as a netvm for other qubes.', default: () => false },
+  { name: 'provides_network', type: 'bool', access: 'rw', classes: VM_CLASSES, haltedOnly: true,
+    help: 'Whether this qube can act as a netvm for other qubes (changed while it is halted).', default: () => false },
   // Qubes' network properties, computed (read-only here): see src/core/network.ts.
   { name: 'ip', type: 'str', access: 'ro', classes: VM_CLASSES,
     help: 'IPv4 address of this qube (10.137.X.Y from its qid; disposables 10.138.X.Y); empty without network.',

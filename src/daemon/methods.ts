@@ -31,6 +31,8 @@ export interface FirewallControl {
   /** Applies rules to the running qube's netvm before they are stored; throws, changing nothing, on failure. */
   applyFirewall(name: string, rules: readonly FirewallRule[]): Promise<void>;
   reload(name: string): Promise<void>;
+  /** The stored rules in force again, or the qube blocked when that fails; never rejects on lookups. */
+  restore(name: string): Promise<void>;
   checkNetvmChange(q: QubeRecord, running: (name: string) => boolean, newNetvm: string): void;
 }
 
@@ -67,7 +69,8 @@ async function setFirewall(c: CallContext, rules: readonly FirewallRule[]): Prom
   try {
     c.registry.firewallSet(name, rules);
   } catch (err) {
-    await c.network?.reload(name).catch(() => undefined);
+    // Not stored: the stored rules go back in force (or, failing that, nothing passes).
+    await c.network?.restore(name).catch(() => undefined);
     throw err;
   }
 }
@@ -178,6 +181,10 @@ function propertyMethods(prefix: string, dest: 'adminvm' | 'any', global: boolea
     { name: `${prefix}.Reset`, scope: 'write', dest, arg: 'required', payload: 'none',
       help: 'Returns the property to its default.',
       handler: (c) => {
+        if (!global && c.arg === 'netvm') {
+          const def = c.registry.getPropDefault(c.dest.name, 'netvm');
+          c.network?.checkNetvmChange(c.dest, (n) => c.lifecycle.powerState(n) === 'Running', typeof def?.value === 'string' ? def.value : '');
+        }
         if (global) c.registry.resetGlobal(c.arg);
         else c.registry.resetProp(c.dest.name, c.arg);
         return undefined;

@@ -67,8 +67,8 @@ export async function runInQube(
 
 /** A netvm's lookup of firewall hostnames (validated names only reach the shell line). */
 export async function lookupHostnames(lifecycle: Lifecycle, netvm: string, hosts: readonly string[]): Promise<Buffer> {
-  for (const h of hosts) if (!/^[a-z0-9._-]{1,253}$/.test(h)) throw new Error(`not a hostname: '${h}'`);
-  const script = hosts.map((h) => `echo '@ ${h}'; getent ahosts '${h}'`).join('; ');
+  for (const h of hosts) if (!/^[a-z0-9][a-z0-9._-]{0,252}$/.test(h)) throw new Error(`not a hostname: '${h}'`);
+  const script = hosts.map((h) => `echo '@ ${h}'; getent ahosts -- '${h}'`).join('; ');
   const r = await runInQube(lifecycle, netvm, 'root', `${script}; true`, { maxBytes: 256 * 1024, timeoutMs: 15_000 });
   return r.untrustedStdout;
 }

@@ -29,8 +29,8 @@ const IFNAME_MAX = 15;
 describe('names', () => {
   test('namespace handles, vifs, tables', () => {
     const uuid = '0b5e5ad6-6f2c-4d6e-9a51-3c1f2a8e7d10';
-    assert.equal(netnsName(uuid), `bulkhead-${uuid}`);
-    assert.ok(netnsName(uuid).startsWith(NETNS_PREFIX));
+    assert.equal(netnsName('abcde', uuid), `bulkhead-abcde-${uuid}`);
+    assert.ok(netnsName('abcde', uuid).startsWith(NETNS_PREFIX));
     assert.equal(NETNS_DIR, '/run/netns');
     assert.equal(vifName(7), 'vif7');
     assert.equal(CLIENT_IF, 'eth0');
@@ -70,27 +70,30 @@ describe('names', () => {
 });
 
 describe('uplinkAddresses', () => {
-  test('examples: host .1, netvm .2 of the qid-th /30 in 10.136.0.0/16', () => {
-    assert.deepEqual(uplinkAddresses(1), { host: '10.136.0.5', netvm: '10.136.0.6' });
-    assert.deepEqual(uplinkAddresses(63), { host: '10.136.0.253', netvm: '10.136.0.254' });
-    assert.deepEqual(uplinkAddresses(64), { host: '10.136.1.1', netvm: '10.136.1.2' });
-    assert.deepEqual(uplinkAddresses(MAX_QID), { host: '10.136.156.65', netvm: '10.136.156.66' });
+  test('examples: host .1, netvm .2 of the qid-th /30 of the tag\'s /16 in 100.64.0.0/10', () => {
+    assert.deepEqual(uplinkAddresses('00000', 1), { host: '100.64.0.5', netvm: '100.64.0.6' });
+    assert.deepEqual(uplinkAddresses('00000', 64), { host: '100.64.1.1', netvm: '100.64.1.2' });
+    assert.deepEqual(uplinkAddresses('ff000', MAX_QID), { host: '100.127.156.65', netvm: '100.127.156.66' });
+    assert.notDeepEqual(uplinkAddresses('01000', 5), uplinkAddresses('02000', 5));
   });
 
   test('every qid of the registry gets its own /30, never its network or broadcast address', () => {
-    const seen = new Set<string>();
-    for (let qid = 1; qid <= MAX_QID; qid++) {
-      const { host, netvm } = uplinkAddresses(qid);
-      assert.ok(net.isIPv4(host) && net.isIPv4(netvm));
-      const h = host.split('.').map(Number) as [number, number, number, number];
-      const n = netvm.split('.').map(Number) as [number, number, number, number];
-      assert.deepEqual(h.slice(0, 2), [10, 136]);
-      assert.deepEqual(n.slice(0, 3), h.slice(0, 3));
-      assert.equal(h[3] % 4, 1);
-      assert.equal(n[3], h[3] + 1);
-      const net30 = `${h[2]}.${h[3] - 1}`;
-      assert.ok(!seen.has(net30), `qid ${qid} reuses ${net30}`);
-      seen.add(net30);
+    for (const tag of ['00000', '3fabc', 'c0123']) {
+      const seen = new Set<string>();
+      for (let qid = 1; qid <= MAX_QID; qid++) {
+        const { host, netvm } = uplinkAddresses(tag, qid);
+        assert.ok(net.isIPv4(host) && net.isIPv4(netvm));
+        const h = host.split('.').map(Number) as [number, number, number, number];
+        const n = netvm.split('.').map(Number) as [number, number, number, number];
+        assert.equal(h[0], 100);
+        assert.ok(h[1] >= 64 && h[1] < 128);
+        assert.deepEqual(n.slice(0, 3), h.slice(0, 3));
+        assert.equal(h[3] % 4, 1);
+        assert.equal(n[3], h[3] + 1);
+        const net30 = `${h[1]}.${h[2]}.${h[3] - 1}`;
+        assert.ok(!seen.has(net30), `qid ${qid} reuses ${net30}`);
+        seen.add(net30);
+      }
     }
   });
 });

@@ -3,9 +3,12 @@
 import crypto from 'node:crypto';
 import net from 'node:net';
 
-/** The network namespace handle of a running qube: /run/netns/bulkhead-<uuid>. */
-export function netnsName(uuid: string): string {
-  return `bulkhead-${uuid}`;
+/**
+ * The network namespace handle of a running qube: /run/netns/bulkhead-<tag>-<uuid> (the tag of
+ * its daemon, so a daemon finds every handle it left, also of qubes no longer in its registry).
+ */
+export function netnsName(tag: string, uuid: string): string {
+  return `${NETNS_PREFIX}${tag}-${uuid}`;
 }
 
 export const NETNS_DIR = '/run/netns';
@@ -36,12 +39,18 @@ export function hostTableName(tag: string): string {
   return `bulkhead_${tag}`;
 }
 
-/** The /30 of a `nat` uplink inside 10.136.0.0/16: host end .1, netvm end .2 (by qid). */
-export function uplinkAddresses(qid: number): { host: string; netvm: string } {
-  const base = qid * 4;
-  const hi = (base >> 8) & 0xff;
-  const lo = base & 0xff;
-  return { host: `10.136.${hi}.${lo + 1}`, netvm: `10.136.${hi}.${lo + 2}` };
+/** All `nat` uplink links (shared address space, RFC 6598): never routed from an uplink. */
+export const UPLINK_SPACE = '100.64.0.0/10';
+
+/**
+ * The /30 of a `nat` uplink in 100.64.0.0/10: host end .1, netvm end .2, by the daemon's tag (6
+ * bits: daemons side by side rarely share a block) and the qid (14 bits).
+ */
+export function uplinkAddresses(tag: string, qid: number): { host: string; netvm: string } {
+  const block = parseInt(tag.slice(0, 2), 16) & 0x3f;
+  const n = ((100 << 24) | ((64 + block) << 16)) + (qid & 0x3fff) * 4;
+  const ip = (x: number): string => [24, 16, 8, 0].map((s) => String((x >>> s) & 255)).join('.');
+  return { host: ip(n + 1), netvm: ip(n + 2) };
 }
 
 /** Interface names a qube feature may give (`net.uplink-dev`): what the kernel accepts, no wildcards. */

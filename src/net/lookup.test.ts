@@ -88,7 +88,7 @@ describe('parseLookup', () => {
 
   test('at most 32 addresses per name and family, repeats not counted', () => {
     const v4 = Array.from({ length: 50 }, (_, i) => `10.0.0.${i}`);
-    const v6 = Array.from({ length: 50 }, (_, i) => `2001:db8::${i.toString(16)}`);
+    const v6 = Array.from({ length: 50 }, (_, i) => `2001:db8::${(i + 1).toString(16)}`);
     const lines = ['@ a', ...v4, ...v4, ...v6, '@ b', '1.1.1.1', ...v4.map((a) => `${a} STREAM`)];
     const r = lookup(`${lines.join('\n')}\n`, ['a', 'b']);
     assert.deepEqual(r.a, { v4: v4.slice(0, CAP), v6: v6.slice(0, CAP) });

@@ -118,8 +118,8 @@ describe('renderRule', () => {
     assert.deepEqual(renderRule(rr('action=accept dsthost=h specialtarget=dns', [], ['::1'])), []);
   });
 
-  test('expire and comment never reach the text', () => {
-    assert.deepEqual(renderRule(rr('action=accept proto=tcp expire=123 comment=SECRET words; here')), ['meta l4proto tcp accept']);
+  test('expire is enforced by the kernel (meta time); the comment never reaches the text', () => {
+    assert.deepEqual(renderRule(rr('action=accept proto=tcp expire=123 comment=SECRET words; here')), ['meta l4proto tcp meta time < 123 accept']);
   });
 });
 
@@ -247,6 +247,8 @@ describe('renderHostTable', () => {
       'type filter hook forward priority filter - 10; policy accept;',
       'iifname "bhabcde-*" meta nfproto ipv6 drop',
       'iifname "bhabcde-*" iifname . ip saddr != @uplinks drop',
+      'iifname "bhabcde-*" ct status dnat drop',
+      'iifname "bhabcde-*" ip daddr { 169.254.0.0/16, 100.64.0.0/10 } drop',
       'oifname "bhabcde-*" ct state established,related accept',
       'oifname "bhabcde-*" drop',
     ]);
@@ -390,7 +392,7 @@ const ruleLineArb: fc.Arbitrary<string> = fc
         fc.tuple(fc.ipV6(), fc.integer({ min: 0, max: 128 })).map(([a, p]) => `dst6=${a}/${p}`),
         fc.ipV4().map((a) => `dsthost=${a}`),
         fc.string({ unit: charOf(HOST_ALPHABET), minLength: 1, maxLength: 30 })
-          .filter((s) => /[a-z0-9]/.test(s) && net.isIP(s) === 0)
+          .filter((s) => /^[a-z0-9]/.test(s) && net.isIP(s) === 0)
           .map((s) => `dsthost=${s}`),
       ),
       special: fc.constant('specialtarget=dns'),
@@ -435,7 +437,7 @@ const planArb: fc.Arbitrary<NetvmPlan> = fc.record({
 test('property: random valid rule lines render to client rules of a strict character set', () => {
   fc.assert(
     fc.property(resolvedArb, (r) => {
-      for (const line of renderRule(r)) assert.match(line, /^[a-z0-9 .:/{},_-]+$/i, line);
+      for (const line of renderRule(r)) assert.match(line, /^[a-z0-9 .:/{},_<-]+$/i, line);
       const bare: Mutable<FirewallRule> = { ...r.rule };
       delete bare.comment;
       assert.deepEqual(renderRule({ ...r, rule: bare }), renderRule(r));

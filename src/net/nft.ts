@@ -5,6 +5,7 @@
 // built from qids (src/core/firewall.ts, src/net/addresses.ts).
 import { VIRTUAL_DNS } from '../core/network.js';
 import { canonicalAddress, type FirewallRule } from '../core/firewall.js';
+import { UPLINK_SPACE } from './addresses.js';
 
 export const NETVM_TABLE = 'bulkhead';
 /** The verdict for `action=drop` (as Qubes: refused at once, so connections fail fast). */
@@ -79,6 +80,8 @@ export function renderRule(r: ResolvedRule): string[] {
     tail.push(`th dport ${lo === hi ? String(lo) : `${lo}-${hi}`}`);
   }
   if (rule.icmptype !== undefined) tail.push(`icmp type ${rule.icmptype}`);
+  // The kernel itself ends the rule on time (the registry forgets it a moment later).
+  if (rule.expire !== undefined) tail.push(`meta time < ${rule.expire}`);
   const host = rule.host;
   // The virtual DNS addresses are IPv4: an IPv6 destination with `specialtarget=dns` matches
   // nothing (and nft refuses `ip6 daddr` next to `ct original ip daddr`), so it gets no line.
@@ -146,6 +149,14 @@ export function renderNetvmTable(p: NetvmPlan): string {
     '\t\tiifname vmap @fw',
     '\t}',
   );
+  // The netvm itself opens nothing toward its clients (only replies go back to them).
+  out.push(
+    '\tchain bh_output {',
+    '\t\ttype filter hook output priority filter; policy accept;',
+    '\t\toifname "vif*" ct state established,related accept',
+    '\t\toifname "vif*" drop',
+    '\t}',
+  );
   out.push(
     '\tchain bh_input {',
     '\t\ttype filter hook input priority filter; policy drop;',
@@ -191,6 +202,10 @@ export function renderHostTable(table: string, ifPrefix: string, uplinks: readon
     '\t\ttype filter hook forward priority filter - 10; policy accept;',
     `\t\tiifname ${wild} meta nfproto ipv6 drop`,
     `\t\tiifname ${wild} iifname . ip saddr != @uplinks drop`,
+    // Nothing the admin domain redirects (published container ports), no link-local services
+    // (cloud metadata), no other uplink (of this daemon or another).
+    `\t\tiifname ${wild} ct status dnat drop`,
+    `\t\tiifname ${wild} ip daddr { 169.254.0.0/16, ${UPLINK_SPACE} } drop`,
     `\t\toifname ${wild} ct state established,related accept`,
     `\t\toifname ${wild} drop`,
     '\t}',

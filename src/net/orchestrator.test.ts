@@ -8,6 +8,8 @@ import { QubesError } from '../core/errors.js';
 import { parseRule } from '../core/firewall.js';
 import { emptyState } from '../core/model.js';
 import { Registry } from '../core/registry.js';
+import path from 'node:path';
+import { daemonTag, netnsName } from './addresses.js';
 import { NetworkOrchestrator } from './orchestrator.js';
 import type { NetRunner } from './runner.js';
 
@@ -25,7 +27,7 @@ class RecordingRunner implements NetRunner {
   }
   /** The last table text applied in the namespace of `uuid`. */
   lastTable(uuid: string): string {
-    const c = [...this.calls].reverse().find((x) => x.argv.includes('nft') && x.argv.some((a) => a.includes(`bulkhead-${uuid}`)));
+    const c = [...this.calls].reverse().find((x) => x.argv.includes('nft') && x.argv.some((a) => a.includes(ns(uuid))));
     if (!c?.input) throw new Error(`no table applied for ${uuid}`);
     return c.input;
   }
@@ -55,6 +57,11 @@ function setup(lookup?: (netvm: string, hosts: readonly string[]) => Promise<Buf
 }
 
 const uuid = (reg: Registry, name: string): string => reg.resolve(name).uuid;
+const TAG = daemonTag(path.resolve('/nonexistent/data'));
+/** The handle name of a qube's namespace. */
+const ns = (u: string): string => netnsName(TAG, u);
+/** Every qube's init in these tests: a live process (the pid is checked before use). */
+const PID = process.pid;
 const signal = new AbortController().signal;
 
 async function up(net: NetworkOrchestrator, reg: Registry, name: string, pid: number): Promise<{ release: () => Promise<void> }> {
@@ -78,11 +85,11 @@ void describe('network orchestrator', () => {
 
   test('a client is linked to its running netvm: veth, addresses, routes, and a table entry', async () => {
     const { reg, runner, net } = setup();
-    await up(net, reg, 'fw', 100);
-    await up(net, reg, 'app', 101);
+    await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID);
     const app = reg.resolve('app');
-    assert.ok(runner.has((a) => a === `ip netns attach bulkhead-${app.uuid} 101`));
-    const link = runner.calls.find((c) => c.input?.includes(`link add vif${app.qid} type veth peer name eth0 netns bulkhead-${app.uuid}`));
+    assert.ok(runner.has((a) => a === `ip netns attach ${ns(app.uuid)} ${PID}`));
+    const link = runner.calls.find((c) => c.input?.includes(`link add vif${app.qid} type veth peer name eth0 netns ${ns(app.uuid)}`));
     assert.ok(link, 'the veth is made in the netvm');
     assert.match(link.input ?? '', /addr add 10\.137\.0\.\d+\/32 dev vif\d+/);
     assert.ok(runner.calls.some((c) => c.input?.includes(`route add default via 10.137.0.${reg.resolve('fw').qid} dev eth0`)));
@@ -94,16 +101,16 @@ void describe('network orchestrator', () => {
 
   test('a client started before its netvm is linked when the netvm comes up', async () => {
     const { reg, net } = setup();
-    await up(net, reg, 'app', 101);
+    await up(net, reg, 'app', PID);
     assert.equal(net.linkedTo('app'), null);
-    await up(net, reg, 'fw', 100);
+    await up(net, reg, 'fw', PID);
     assert.equal(net.linkedTo('app'), 'fw');
   });
 
   test('a failed nft apply throws and leaves the old rules in the table', async () => {
     const { reg, runner, net } = setup();
-    await up(net, reg, 'fw', 100);
-    await up(net, reg, 'app', 101);
+    await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID);
     runner.failNft = (input) => input.includes('10.9.9.0/24');
     await assert.rejects(net.applyFirewall('app', [parseRule('action=drop dst4=10.9.9.0/24'), parseRule('action=accept')]),
       (e: unknown) => e instanceof QubesError && /old rules stay/.test(e.message));
@@ -116,9 +123,9 @@ void describe('network orchestrator', () => {
 
   test('a hostname the netvm cannot resolve: Set fails; at attach the client is blocked (fail closed)', async () => {
     const { reg, runner, net } = setup(() => Promise.resolve(Buffer.from('@ other.test\n1.2.3.4 STREAM other.test\n')));
-    await up(net, reg, 'fw', 100);
+    await up(net, reg, 'fw', PID);
     reg.firewallSet('app', [parseRule('action=accept dsthost=gone.test'), parseRule('action=drop')]);
-    await up(net, reg, 'app', 101);
+    await up(net, reg, 'app', PID);
     const app = reg.resolve('app');
     assert.match(runner.lastTable(uuid(reg, 'fw')), new RegExp(`chain bh_fw_${app.qid} \\{\\n\\t\\tdrop\\n\\t\\}`));
     await assert.rejects(net.applyFirewall('app', [parseRule('action=accept dsthost=gone.test')]), /cannot resolve: gone\.test/);
@@ -126,8 +133,8 @@ void describe('network orchestrator', () => {
 
   test('resolved hostnames become address sets in the client chain', async () => {
     const { reg, runner, net } = setup(() => Promise.resolve(Buffer.from('@ web.test\n192.0.2.7 STREAM web.test\n192.0.2.8 STREAM\n2001:db8::7 STREAM\n')));
-    await up(net, reg, 'fw', 100);
-    await up(net, reg, 'app', 101);
+    await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID);
     await net.applyFirewall('app', [parseRule('action=accept dsthost=web.test proto=tcp dstports=443')]);
     const table = runner.lastTable(uuid(reg, 'fw'));
     assert.match(table, /ip daddr \{ 192\.0\.2\.7, 192\.0\.2\.8 \} meta l4proto tcp th dport 443 accept/);
@@ -136,26 +143,26 @@ void describe('network orchestrator', () => {
 
   test('release removes the link and the handle, and the netvm\'s table forgets the client', async () => {
     const { reg, runner, net } = setup();
-    const fw = await up(net, reg, 'fw', 100);
-    const app = await up(net, reg, 'app', 101);
+    const fw = await up(net, reg, 'fw', PID);
+    const app = await up(net, reg, 'app', PID);
     const a = reg.resolve('app');
     await app.release();
     await app.release(); // once only
-    assert.ok(runner.has((x) => x === `ip -n bulkhead-${uuid(reg, 'fw')} link del vif${a.qid}`));
-    assert.equal(runner.calls.filter((c) => c.argv.join(' ') === `ip netns del bulkhead-${a.uuid}`).length, 1);
+    assert.ok(runner.has((x) => x === `ip -n ${ns(uuid(reg, 'fw'))} link del vif${a.qid}`));
+    assert.equal(runner.calls.filter((c) => c.argv.join(' ') === `ip netns del ${ns(a.uuid)}`).length, 1);
     assert.doesNotMatch(runner.lastTable(uuid(reg, 'fw')), new RegExp(`vif${a.qid}`));
     await fw.release();
-    assert.ok(runner.has((x) => x === `ip netns del bulkhead-${uuid(reg, 'fw')}`));
+    assert.ok(runner.has((x) => x === `ip netns del ${ns(uuid(reg, 'fw'))}`));
   });
 
   test('a netvm that stops takes its clients\' ends with it; they are linked again when it returns', async () => {
     const { reg, runner, net } = setup();
-    const fw = await up(net, reg, 'fw', 100);
-    await up(net, reg, 'app', 101);
+    const fw = await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID);
     await fw.release();
-    assert.ok(runner.has((x) => x === `ip -n bulkhead-${uuid(reg, 'app')} link del eth0`));
+    assert.ok(runner.has((x) => x === `ip -n ${ns(uuid(reg, 'app'))} link del eth0`));
     assert.equal(net.linkedTo('app'), null);
-    await up(net, reg, 'fw', 102);
+    await up(net, reg, 'fw', PID);
     assert.equal(net.linkedTo('app'), 'fw');
   });
 
@@ -164,13 +171,13 @@ void describe('network orchestrator', () => {
     reg.create({ klass: 'AppVM', name: 'fw2', label: 'green', template: 'tpl', source: 'dom0' });
     reg.setProp('fw2', 'provides_network', 'True');
     reg.setProp('fw2', 'netvm', '');
-    await up(net, reg, 'fw', 100);
-    await up(net, reg, 'app', 101);
+    await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID);
     reg.setProp('app', 'netvm', 'fw2');
     await net.reconcile();
     assert.equal(net.linkedTo('app'), null);
     assert.deepEqual([...new Set(starts)], ['fw2']);
-    await up(net, reg, 'fw2', 103);
+    await up(net, reg, 'fw2', PID);
     assert.equal(net.linkedTo('app'), 'fw2');
     reg.setProp('app', 'netvm', '');
     await net.reconcile();
@@ -179,5 +186,41 @@ void describe('network orchestrator', () => {
     assert.throws(() => { net.checkNetvmChange(reg.resolve('app'), (n) => n === 'app', 'fw2'); }, /Cannot dynamically attach to stopped NetVM: 'fw2'/);
     net.checkNetvmChange(reg.resolve('app'), running, 'fw2');
     net.close();
+  });
+
+  test('hostnames of clients linked while their netvm starts are looked up once it is Running', async () => {
+    let netvmRunning = false;
+    const { reg, runner, net } = setup((netvm) => (netvmRunning
+      ? Promise.resolve(Buffer.from('@ web.test\n192.0.2.9 STREAM web.test\n'))
+      : Promise.reject(new Error(`Domain not running: '${netvm}'`))));
+    reg.firewallSet('app', [parseRule('action=accept dsthost=web.test'), parseRule('action=drop')]);
+    await up(net, reg, 'app', PID);
+    await up(net, reg, 'fw', PID);
+    const qid = reg.resolve('app').qid;
+    await new Promise((r) => setTimeout(r, 20));
+    assert.match(runner.lastTable(uuid(reg, 'fw')), new RegExp(`chain bh_fw_${qid} \\{\\n\\t\\tdrop\\n`), 'blocked meanwhile');
+    netvmRunning = true;
+    reg.emit({ subject: 'fw', event: 'domain-start', kwargs: [] });
+    await new Promise((r) => setTimeout(r, 20));
+    assert.match(runner.lastTable(uuid(reg, 'fw')), /ip daddr 192\.0\.2\.9 accept/);
+  });
+
+  test('restore: when the stored rules cannot be applied, the qube is blocked, never left more open', async () => {
+    const { reg, runner, net } = setup();
+    await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID);
+    await net.applyFirewall('app', [parseRule('action=accept proto=tcp dstports=1-1000')]);
+    runner.failNft = (input) => !/chain bh_fw_\d+ \{\n\t\tdrop\n/.test(input);
+    await net.restore('app');
+    const qid = reg.resolve('app').qid;
+    assert.match(runner.lastTable(uuid(reg, 'fw')), new RegExp(`chain bh_fw_${qid} \\{\\n\\t\\tdrop\\n`));
+  });
+
+  test('the netvm of a running netvm cannot change (its uplink is made at start)', () => {
+    const { reg, net } = setup();
+    const running = (): boolean => true;
+    assert.throws(() => { net.checkNetvmChange(reg.resolve('fw'), running, 'app'); }, /Cannot change the netvm of a running netvm: 'fw'/);
+    net.checkNetvmChange(reg.resolve('fw'), running, '');
+    net.checkNetvmChange(reg.resolve('fw'), () => false, 'app');
   });
 });

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { parseRules, ruleActive, type FirewallRule } from '../core/firewall.js';
+import { canonicalAddress, formatRule, parseRules, ruleActive, type FirewallRule } from '../core/firewall.js';
 import { QubesError } from '../core/errors.js';
 import type { QubeRecord } from '../core/model.js';
 import { addressFor, featureWithTemplate, QUBE_MAC, VIRTUAL_DNS } from '../core/network.js';
@@ -76,6 +76,8 @@ interface Node {
   /** As a client: its prepared rules in its netvm's table, and the stored lines they came from. */
   rules: readonly ResolvedRule[] | 'block';
   rulesKey: string;
+  /** Its rules name hostnames its netvm has not looked up yet (blocked until then). */
+  needsLookup: boolean;
 }
 
 /** Most addresses kept per hostname of a rule. */
@@ -104,12 +106,20 @@ export class NetworkOrchestrator {
 
   /** Removes what a daemon of this data dir that died may have left: handles and its host table. */
   async init(): Promise<void> {
-    for (const q of this.#d.registry.state.qubes.values()) {
-      const ns = netnsName(q.uuid);
-      if (fs.existsSync(path.join(NETNS_DIR, ns))) {
-        this.#d.log.warn({ qube: q.name }, 'removing the network namespace handle a previous daemon left');
-        await this.#run.run(['ip', 'netns', 'del', ns]).catch((err: unknown) => { this.#warn('removing a leftover namespace handle', err); });
-      }
+    const prefix = netnsName(this.#tag, '');
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(NETNS_DIR).filter((n) => n.startsWith(prefix));
+    } catch {
+      // no /run/netns yet: nothing left
+    }
+    for (const ns of names) {
+      this.#d.log.warn({ netns: ns }, 'removing a network namespace handle a previous daemon left');
+      await this.#run.run(['ip', 'netns', 'del', ns]).catch((err: unknown) => { this.#warn('removing a leftover namespace handle', err); });
+    }
+    // Their uplinks' admin-domain ends go with the namespaces, but only when the kernel gets to it.
+    for (const dev of ownInterfaces().filter((i) => i.startsWith(hostUplinkPrefix(this.#tag)))) {
+      await this.#run.run(['ip', 'link', 'del', dev]).catch((err: unknown) => { this.#warn(`removing the leftover uplink ${dev}`, err); });
     }
     await this.#run.run(['nft', '-f', '-'], renderHostTable(hostTableName(this.#tag), hostUplinkPrefix(this.#tag), []));
     this.#scheduleExpiry();
@@ -148,7 +158,12 @@ export class NetworkOrchestrator {
     let released = false;
     return {
       resolvConf: resolv,
-      attach: (pid, signal) => this.#serial(() => this.#attach(q, pid, dns, signal)),
+      attach: async (pid, signal) => {
+        // The queue may hold this a while: make sure the pid is still the qube's init then.
+        const started = procStart(pid);
+        await this.#serial(() => this.#attach(q, pid, started, dns, signal));
+        this.#lookUpPending();
+      },
       release: async () => {
         if (released) return;
         released = true;
@@ -176,15 +191,16 @@ export class NetworkOrchestrator {
     }
   }
 
-  async #attach(q: QubeRecord, pid: number, dns: DnsPlan, signal: AbortSignal): Promise<void> {
+  async #attach(q: QubeRecord, pid: number, started: string | undefined, dns: DnsPlan, signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
+    if (started === undefined || procStart(pid) !== started) throw new Error(`the qube's init (pid ${pid}) is gone`);
     const s = this.#d.registry.state;
     const provider = boolValue(s, q, 'provides_network');
     const node: Node = {
-      name: q.name, qid: q.qid, ns: netnsName(q.uuid), provider,
+      name: q.name, qid: q.qid, ns: netnsName(this.#tag, q.uuid), provider,
       ip: addressFor(q.qid, q.klass === 'DispVM'), dns,
       serveClients: provider && ON.has(featureWithTemplate(s, q, 'net.serve-clients') ?? ''),
-      linkedTo: null, ready: false, uplinkIf: null, hostUplink: null, nicDev: null, rules: [], rulesKey: '',
+      linkedTo: null, ready: false, uplinkIf: null, hostUplink: null, nicDev: null, rules: [], rulesKey: '', needsLookup: false,
     };
     if (fs.existsSync(path.join(NETNS_DIR, node.ns))) await this.#run.run(['ip', 'netns', 'del', node.ns]);
     await this.#run.run(['ip', 'netns', 'attach', node.ns, String(pid)]);
@@ -226,7 +242,7 @@ export class NetworkOrchestrator {
     if (mode === '' || mode === 'none') return;
     if (mode === 'nat') {
       const hostIf = hostUplinkName(this.#tag, node.qid);
-      const a = uplinkAddresses(node.qid);
+      const a = uplinkAddresses(this.#tag, node.qid);
       if (ownInterfaces().includes(hostIf)) await this.#run.run(['ip', 'link', 'del', hostIf]);
       await this.#run.run(['ip', '-b', '-'], [
         `link add ${hostIf} type veth peer name ${CLIENT_IF} netns ${nsPath}`,
@@ -288,7 +304,7 @@ export class NetworkOrchestrator {
         `route add default via ${n.ip} dev ${CLIENT_IF}`,
       ].join('\n'));
       c.linkedTo = n;
-      await this.#prepareRules(c, n, false);
+      this.#rulesBeforeLookup(c);
       if (apply) await this.#applyTable(n);
     } catch (err) {
       c.linkedTo = null;
@@ -350,20 +366,65 @@ export class NetworkOrchestrator {
 
   // ---------- firewall ----------
 
-  /** Rules of client `c` (its stored list), hostnames looked up by `n`. Fails closed. */
-  async #prepareRules(c: Node, n: Node, strict: boolean, candidate?: readonly FirewallRule[]): Promise<void> {
+  /**
+   * A client's stored rules as they can be used at once: a list naming hostnames stays blocked
+   * (fail closed) until its netvm has looked them up (#lookUpPending, outside the queue).
+   */
+  #rulesBeforeLookup(c: Node): void {
+    const rules = this.#activeRules(c.name);
+    c.rulesKey = rulesKey(rules);
+    c.needsLookup = rules.some((r) => r.host?.type === 'dsthost');
+    c.rules = c.needsLookup ? 'block' : rules.map((rule) => ({ rule }));
+  }
+
+  #activeRules(name: string): FirewallRule[] {
     const now = Math.floor(Date.now() / 1000);
-    const rules = (candidate ?? this.#d.registry.firewallRules(c.name, now)).filter((r) => ruleActive(r, now));
-    const key = rules.map((r) => JSON.stringify(r)).join('\n');
+    return this.#d.registry.firewallRules(name, now);
+  }
+
+  /** Looks up (in each netvm, outside the queue) what blocked clients wait for, then applies. */
+  #lookUpPending(): void {
+    for (const c of this.#nodes.values()) {
+      if (c.needsLookup && c.linkedTo !== null) void this.#refresh(c.name, false);
+    }
+  }
+
+  /**
+   * Applies a client's stored rules again, hostnames looked up anew. `strict`: a failed lookup
+   * or apply is thrown and the old rules stay; otherwise the client is blocked (fail closed).
+   */
+  async #refresh(name: string, strict: boolean, candidate?: readonly FirewallRule[]): Promise<void> {
+    const c = this.#nodes.get(name);
+    const n = c?.linkedTo;
+    if (c === undefined || n === null || n === undefined) return;
+    const rules = candidate ?? this.#activeRules(name);
+    let resolved: ResolvedRule[] | 'block';
     try {
-      const resolved = await this.#resolve(n, rules);
-      c.rules = resolved;
+      resolved = await this.#resolve(n, rules);
     } catch (err) {
       if (strict) throw err;
-      this.#warn(`preparing the firewall of '${c.name}' (all its traffic is blocked)`, err);
-      c.rules = 'block';
+      this.#warn(`looking up the hostnames of '${name}' in '${n.name}' (its traffic stays blocked)`, err);
+      resolved = 'block';
     }
-    c.rulesKey = key;
+    await this.#serial(async () => {
+      // Linked elsewhere (or gone) meanwhile: that link made its own rules.
+      if (this.#nodes.get(name) !== c || c.linkedTo !== n) return;
+      const before = { rules: c.rules, key: c.rulesKey, needsLookup: c.needsLookup };
+      c.rules = resolved;
+      c.rulesKey = rulesKey(rules);
+      c.needsLookup = resolved === 'block' && rules.some((r) => r.host?.type === 'dsthost');
+      try {
+        await this.#applyTable(n);
+      } catch (err) {
+        if (strict) {
+          Object.assign(c, { rules: before.rules, rulesKey: before.key, needsLookup: before.needsLookup });
+          throw new QubesError('QubesException', `Applying the firewall of '${name}' failed; the old rules stay: ${(err as Error).message}`);
+        }
+        this.#warn(`applying the firewall of '${name}' (blocking its traffic)`, err);
+        c.rules = 'block';
+        await this.#applyTable(n).catch((e: unknown) => { this.#warn(`blocking the traffic of '${name}'`, e); });
+      }
+    });
   }
 
   async #resolve(n: Node, rules: readonly FirewallRule[]): Promise<ResolvedRule[]> {
@@ -398,32 +459,28 @@ export class NetworkOrchestrator {
    * and the netvm's table is replaced in one transaction. Any failure leaves the old rules in force.
    */
   applyFirewall(name: string, rules: readonly FirewallRule[]): Promise<void> {
-    return this.#serial(async () => {
-      const c = this.#nodes.get(name);
-      const n = c?.linkedTo;
-      if (c === undefined || n === null || n === undefined) return;
-      const before = { rules: c.rules, key: c.rulesKey };
-      try {
-        await this.#prepareRules(c, n, true, rules);
-        await this.#applyTable(n);
-      } catch (err) {
-        c.rules = before.rules;
-        c.rulesKey = before.key;
-        if (err instanceof QubesError) throw err;
-        throw new QubesError('QubesException', `Applying the firewall of '${name}' failed; the old rules stay: ${(err as Error).message}`);
-      }
-    });
+    const now = Math.floor(Date.now() / 1000);
+    return this.#refresh(name, true, rules.filter((r) => ruleActive(r, now)));
   }
 
   /** admin.vm.firewall.Reload: hostnames looked up again, the table rebuilt. */
   reload(name: string): Promise<void> {
-    const now = Math.floor(Date.now() / 1000);
-    return this.applyFirewall(name, this.#d.registry.firewallRules(name, now));
+    return this.#refresh(name, true);
+  }
+
+  /** Puts the stored rules in force again, or blocks the qube if that fails (never more open). */
+  restore(name: string): Promise<void> {
+    return this.#refresh(name, false);
   }
 
   /** Qubes refuses to move a running qube onto a halted netvm. */
   checkNetvmChange(q: QubeRecord, running: (name: string) => boolean, newNetvm: string): void {
-    if (newNetvm === '' || !running(q.name) || running(newNetvm)) return;
+    if (!running(q.name)) return;
+    if (boolValue(this.#d.registry.state, q, 'provides_network') && (refValue(this.#d.registry.state, q, 'netvm') ?? '') !== newNetvm) {
+      // Its uplink (or its link upstream) is made when it starts.
+      throw new QubesError('QubesVMNotHaltedError', `Cannot change the netvm of a running netvm: '${q.name}'; shut it down first`);
+    }
+    if (newNetvm === '' || running(newNetvm)) return;
     throw new QubesError('QubesVMNotStartedError', `Cannot dynamically attach to stopped NetVM: '${newNetvm}'`);
   }
 
@@ -432,10 +489,14 @@ export class NetworkOrchestrator {
       this.#scheduleExpiry();
       const c = this.#nodes.get(e.subject);
       if (c?.linkedTo == null) return;
-      const now = Math.floor(Date.now() / 1000);
-      const key = this.#d.registry.firewallRules(c.name, now).map((r) => JSON.stringify(r)).join('\n');
-      if (key === c.rulesKey) return;
-      void this.reload(c.name).catch((err: unknown) => { this.#warn(`applying the firewall of '${c.name}'`, err); });
+      if (rulesKey(this.#activeRules(c.name)) === c.rulesKey) return;
+      void this.#refresh(c.name, false);
+      return;
+    }
+    if (e.event === 'domain-start') {
+      // A netvm that just became Running can look up its clients' hostnames now (once the
+      // start has settled: the event comes just before the qube counts as Running).
+      setImmediate(() => { this.#lookUpPending(); });
       return;
     }
     const prop = /^property-(?:set|reset):(.+)$/.exec(e.event)?.[1];
@@ -460,6 +521,7 @@ export class NetworkOrchestrator {
       }
     });
     return job.then(() => {
+      this.#lookUpPending();
       // Outside the queue: the netvm's own attach links its waiting clients.
       for (const name of toStart) {
         if (this.#starting.has(name)) continue;
@@ -478,7 +540,7 @@ export class NetworkOrchestrator {
     const now = Math.floor(Date.now() / 1000);
     let next = Infinity;
     for (const q of this.#d.registry.state.qubes.values()) {
-      for (const r of parseRules(q.firewall)) if (r.expire !== undefined) next = Math.min(next, r.expire);
+      for (const r of parseRules(q.firewall)) if (r.expire !== undefined && r.expire > now) next = Math.min(next, r.expire);
     }
     if (next === Infinity) return;
     const delayMs = Math.min(Math.max(0, (next - now) * 1000 + 50), 0x7fffffff);
@@ -501,6 +563,21 @@ export class NetworkOrchestrator {
   /** Which netvm a running qube is linked to now (null: none). */
   linkedTo(name: string): string | null {
     return this.#nodes.get(name)?.linkedTo?.name ?? null;
+  }
+}
+
+/** Identifies a rule list (expired rules already left out by the caller). */
+function rulesKey(rules: readonly FirewallRule[]): string {
+  return rules.map(formatRule).join('\n');
+}
+
+/** The start time of a process (/proc/PID/stat field 22): a reused pid has another. */
+function procStart(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
   }
 }
 
@@ -534,11 +611,11 @@ export function parseLookup(untrusted: Buffer, hosts: readonly string[]): Map<st
       continue;
     }
     if (cur === undefined) continue;
-    const addr = line.split(/\s+/)[0] ?? '';
-    // Plain addresses only (no zone index): they go into nftables text.
-    const family = /^[0-9A-Fa-f:.]{2,45}$/.test(addr) ? net.isIP(addr) : 0;
-    const list = family === 4 ? cur.v4 : family === 6 ? cur.v6 : undefined;
-    if (list !== undefined && !list.includes(addr) && list.length < MAX_ADDRS_PER_HOST) list.push(addr);
+    // Plain addresses only (no zone index), in canonical form: they go into nftables text.
+    const addr = canonicalAddress(line.split(/\s+/)[0] ?? '');
+    if (addr === undefined) continue;
+    const list = addr.includes(':') ? cur.v6 : cur.v4;
+    if (!list.includes(addr) && list.length < MAX_ADDRS_PER_HOST) list.push(addr);
   }
   return out;
 }

@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminClient } from '../../src/cli/client.js';
 import { detectCgroupMode } from '../../src/hal/container/cgroups.js';
 import { Crun } from '../../src/hal/container/crun.js';
+import { daemonTag, netnsName } from '../../src/net/addresses.js';
 
 /**
  * Removes every crun container whose bundle lies under `dir` (qubes of a test's daemon) and
@@ -32,7 +33,7 @@ export async function reapContainers(dir: string): Promise<string[]> {
 }
 
 /**
- * Removes the network namespace handles (/run/netns/bulkhead-<uuid>) of the qubes in a data
+ * Removes the network namespace handles (/run/netns/bulkhead-<tag>-<uuid>) of the qubes in a data
  * dir whose daemon died without releasing them. Returns the names removed.
  */
 export function reapNetns(dataDir: string): string[] {
@@ -44,8 +45,9 @@ export function reapNetns(dataDir: string): string[] {
     return [];
   }
   const reaped: string[] = [];
+  const tag = daemonTag(path.resolve(dataDir));
   for (const uuid of uuids) {
-    const name = `bulkhead-${uuid}`;
+    const name = netnsName(tag, uuid);
     if (!fs.existsSync(`/run/netns/${name}`)) continue;
     spawnSync('ip', ['netns', 'del', name]);
     reaped.push(name);

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RemoteError } from '../../src/cli/client.js';
+import { daemonTag, NETNS_DIR, netnsName } from '../../src/net/addresses.js';
 import { lines, REPO_ROOT, startDaemon, waitFor } from './helpers.js';
 import { QubeHost } from './qube-helpers.js';
 
@@ -129,6 +130,13 @@ void describe('networking: sys-net, sys-firewall, firewall, isolation', () => {
     return r.stdout.trim();
   };
   const ip = async (vm: string): Promise<string> => (await q().ok('qvm-prefs', [vm, 'ip'])).trim();
+  /** The name of a running qube's network namespace handle (under /run/netns). */
+  const handle = async (vm: string): Promise<string> => netnsName(daemonTag(path.resolve(q().daemon.dataDir)), await q().uuid(vm));
+  /** The handles of this daemon's qubes that exist now. */
+  const handles = (): string[] => {
+    const prefix = netnsName(daemonTag(path.resolve(q().daemon.dataDir)), '');
+    return fs.existsSync(NETNS_DIR) ? fs.readdirSync(NETNS_DIR).filter((n) => n.startsWith(prefix)) : [];
+  };
 
   it('an AppVM reaches the stand-in internet through sys-firewall and sys-net, with Qubes\' addressing', async () => {
     const appIp = await ip('app1');
@@ -226,8 +234,7 @@ void describe('networking: sys-net, sys-firewall, firewall, isolation', () => {
     const r = await q().root('app1', 'ip addr add 10.137.0.250/32 dev eth0');
     assert.notEqual(r.code, 0, 'root in a qube has no say over its network');
     // As if the qube had full control of its interface (a vm qube has): spoof from its namespace.
-    const uuid = await q().uuid('app1');
-    const ns = `bulkhead-${uuid}`;
+    const ns = await handle('app1');
     inNs(ns, ['ip', 'addr', 'add', '10.137.0.250/32', 'dev', 'eth0']);
     try {
       const py = (src: string): string => inNs(ns, ['python3', '-c', PROBE, SERVER_A, String(PORT_A), src]).trim();
@@ -245,12 +252,14 @@ void describe('networking: sys-net, sys-firewall, firewall, isolation', () => {
     await sleep(300);
     assert.match(await probe('app1', await ip('app2'), 7100), /^fail /);
     assert.match(await probe('app1', await ip('sys-firewall'), 7100), /^fail /, 'nor services of their netvm');
+    assert.match(await probe('sys-firewall', await ip('app2'), 7100), /^fail /, 'nor may their netvm open a connection to them');
+    assert.match(inNs(INET, ['python3', '-c', PROBE, await ip('app2'), '7100']).trim(), /^fail /, 'nor the internet');
     assert.match(await probe('app2', '127.0.0.1', 7100), /^ok app2/, 'control: the listener works');
   });
 
   it('the admin domain is unreachable from qubes, netvms included', async () => {
     const uplinkHost = (await q().ok('qvm-run', ['-p', 'sys-net', 'ip route show default'])).split(' ')[2] ?? '';
-    assert.match(uplinkHost, /^10\.136\./);
+    assert.match(uplinkHost, /^100\.(6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7])\./);
     for (const vm of ['app1', 'sys-firewall', 'sys-net']) {
       assert.match(await probe(vm, ADM_ADDR, ADM_PORT), /^fail /, `${vm} → admin domain`);
       assert.match(await probe(vm, uplinkHost, ADM_PORT), /^fail /, `${vm} → admin domain's uplink address`);
@@ -288,12 +297,16 @@ while True:
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /in use/);
     await q().ok('qvm-run', ['app1', 'echo kept > /tmp/state']);
+    // A rule naming a host: looked up again by the netvm once it is back.
+    await q().ok('qvm-firewall', ['app1', 'add', '--before', '0', 'action=drop', 'dsthost=blocked.test']);
     await q().ok('qvm-kill', ['sys-firewall']);
     assert.equal(await q().state('app1'), 'Running');
     assert.deepEqual(lines(await q().ok('qvm-run', ['-p', 'app1', 'ls /sys/class/net'])), ['lo']);
     await q().ok('qvm-start', ['sys-firewall']);
     await waitFor(async () => (await probe('app1', SERVER_A, PORT_A)).startsWith('ok '), 5000, 'app1 to be connected again');
+    assert.match(await probe('app1', SERVER_B, PORT_A), /^fail /, 'its hostname rule applies again');
     assert.equal(await q().ok('qvm-run', ['-p', 'app1', 'cat /tmp/state']), 'kept\n');
+    await q().ok('qvm-firewall', ['app1', 'reset']);
   });
 
   it('the nic uplink moves a named interface into sys-net, and gives it back', async () => {
@@ -320,12 +333,20 @@ while True:
     await q().ok('qvm-features', ['sys-net', 'net.uplink', 'nat']);
   });
 
+  it('a daemon killed with its qubes running leaves no handle past its next start', async () => {
+    await q().ok('qvm-start', ['app1']);
+    assert.ok(handles().length >= 3);
+    await q().daemon.kill('SIGKILL');
+    await q().daemon.start();
+    assert.deepEqual(handles(), []);
+    assert.equal(inNs(ADM, ['nft', 'list', 'tables']).trim(), '');
+  });
+
   it('stopping everything leaves no namespace handle, veth or nft table behind', async () => {
     await q().ok('qvm-start', ['app1', 'app2']);
     assert.match(sh(['ip', '-n', ADM, '-o', 'link']), /bh[0-9a-f]{5}-\d+@/, 'the nat uplink is there while sys-net runs');
     await q().ok('qvm-shutdown', ['--all', '--wait', '--force']);
-    const uuids = await Promise.all(['app1', 'app2', 'vault', 'sys-net', 'sys-firewall'].map((vm) => q().uuid(vm)));
-    for (const u of uuids) assert.equal(fs.existsSync(`/run/netns/bulkhead-${u}`), false);
+    assert.deepEqual(handles(), []);
     const links = sh(['ip', '-n', ADM, '-o', 'link']).split('\n').filter((l) => l !== '').map((l) => l.split(':')[1]?.trim().split('@')[0]);
     assert.deepEqual(links.sort(), ['lo', 'nic0', 'wan0']);
     assert.equal(inNs(ADM, ['nft', 'list', 'tables']).trim(), '');
