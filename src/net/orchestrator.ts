@@ -249,12 +249,13 @@ export class NetworkOrchestrator {
         `addr add ${a.host}/30 dev ${hostIf}`,
         `link set ${hostIf} up`,
       ].join('\n'));
+      // Recorded at once: a failure below still gets this end removed at release.
+      node.hostUplink = { hostIf, netvmAddr: a.netvm };
       await this.#run.run(['ip', '-n', nsPath, '-b', '-'], [
         `link set ${CLIENT_IF} up`,
         `addr add ${a.netvm}/30 dev ${CLIENT_IF}`,
         `route add default via ${a.host} dev ${CLIENT_IF}`,
       ].join('\n'));
-      node.hostUplink = { hostIf, netvmAddr: a.netvm };
       node.uplinkIf = CLIENT_IF;
       this.#hostUplinks.set(node.name, node.hostUplink);
       // The admin domain forwards for its nat uplinks (its table keeps everything else out).
