@@ -14,10 +14,9 @@ import { startDaemon, type RunningDaemon } from '../src/daemon/daemon.js';
 import { silentLogger } from '../src/daemon/log.js';
 import { ContainerBackend } from '../src/hal/container/backend.js';
 import type { BackendKind, HypervisorBackend } from '../src/hal/types.js';
-import { REPO } from './qube-fixture.js';
+import { cli, REPO } from './qube-fixture.js';
 import { ms, percentile, qubeDataDir } from './stats.js';
 
-const BIN = path.join(REPO, 'bin');
 const SERVER = '203.0.113.10';
 const RULES = 1000;
 const STARTS = 10;
@@ -26,23 +25,6 @@ function sh(argv: readonly string[], input?: string): string {
   const r = spawnSync(argv[0] ?? '', argv.slice(1), { encoding: 'utf8', input });
   if (r.status !== 0) throw new Error(`${argv.join(' ')}: ${r.stderr}`);
   return r.stdout;
-}
-
-function cli(socket: string, cmd: string, args: readonly string[], input = ''): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(BIN, cmd), ...args], {
-      env: { ...process.env, BULKHEAD_SOCKET: socket }, stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.stdin.end(input);
-    child.on('close', (code) => {
-      if (code === 0) resolve(Buffer.concat(out).toString());
-      else reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${Buffer.concat(err).toString()}`));
-    });
-  });
 }
 
 async function daemonIn(dataDir: string, socket: string, network: boolean): Promise<RunningDaemon> {

@@ -3,7 +3,7 @@
 // inside A, the wall time of `qvm-run -p B true` from dom0, and the throughput of a 1 GiB stream
 // A → B. Needs the build (npm run build) and root.
 // Run: node --import tsx bench/qrexec.ts   (targets: round trip p50 <= 5 ms, qvm-run <= 200 ms, >= 1 GB/s)
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -12,7 +12,7 @@ import { startDaemon } from '../src/daemon/daemon.js';
 import { silentLogger } from '../src/daemon/log.js';
 import { ContainerBackend } from '../src/hal/container/backend.js';
 import type { BackendKind, HypervisorBackend } from '../src/hal/types.js';
-import { REPO } from './qube-fixture.js';
+import { cli, REPO } from './qube-fixture.js';
 import { ms, percentile, qubeDataDir } from './stats.js';
 
 const CALLS = 300;
@@ -20,24 +20,6 @@ const QVM_RUNS = 20;
 const STREAM_BYTES = 1024 ** 3;
 const BIN = path.join(REPO, 'bin');
 const run = promisify(execFile);
-
-/** A CLI command against the bench daemon; stdin from `input`. Rejects on a non-zero exit. */
-function cli(socket: string, cmd: string, args: readonly string[], input = ''): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(BIN, cmd), ...args], {
-      env: { ...process.env, BULKHEAD_SOCKET: socket }, stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.stdin.end(input);
-    child.on('close', (code) => {
-      if (code === 0) resolve(Buffer.concat(out).toString());
-      else reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${Buffer.concat(err).toString()}`));
-    });
-  });
-}
 
 /** A long-lived program in qube A streaming 1 GiB it generates to bb, 1 + 3 times: seconds of the last 3, as JSON. */
 const STREAMER = `

@@ -1,4 +1,5 @@
 // A container backend with a host template, driven directly (no daemon, no CLI), for benchmarks.
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { silentLogger } from '../src/daemon/log.js';
 import { ContainerBackend } from '../src/hal/container/backend.js';
@@ -24,4 +25,22 @@ export function appvmSpec(i: number): QubeLaunchSpec {
     rootTemplate: 'bench-template', rootTemplateUuid: TEMPLATE_UUID,
     memoryMiB: 400, maxmemMiB: 4000, vcpus: 2, qrexecTimeoutSec: 30,
   };
+}
+
+/** A CLI command against the bench daemon; stdin from `input`. Rejects on a non-zero exit. */
+export function cli(socket: string, cmd: string, args: readonly string[], input = ''): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(REPO, 'bin', cmd), ...args], {
+      env: { ...process.env, BULKHEAD_SOCKET: socket }, stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.stdin.end(input);
+    child.on('close', (code) => {
+      if (code === 0) resolve(Buffer.concat(out).toString());
+      else reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${Buffer.concat(err).toString()}`));
+    });
+  });
 }
