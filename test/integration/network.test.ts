@@ -146,6 +146,7 @@ void describe('networking: sys-net, sys-firewall, firewall, isolation', () => {
     assert.match(inside, new RegExp(`eth0\\s+inet ${appIp.replace(/\./g, '\\.')}/32`));
     assert.match(inside, new RegExp(`default via ${fwIp.replace(/\./g, '\\.')} dev eth0`));
     assert.match(inside, /nameserver 10\.139\.1\.1\nnameserver 10\.139\.1\.2/);
+    assert.equal(await q().ok('qvm-run', ['-p', 'app1', 'cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6']), '1\n', 'no IPv6');
     assert.equal((await q().ok('qvm-prefs', ['app1', 'visible_gateway'])).trim(), fwIp);
     assert.equal((await q().ok('qvm-prefs', ['app1', 'dns'])).trim(), '10.139.1.1 10.139.1.2');
     // Masqueraded at each hop: the internet sees the admin domain's uplink address.
