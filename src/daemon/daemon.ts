@@ -51,6 +51,8 @@ export interface RunningDaemon {
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   fs.mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   const lock = await DataDirLock.acquire(opts.dataDir);
+  // What is made before a later step fails is closed again (qubes, namespaces, subscriptions).
+  let made: { lifecycle?: Lifecycle; network?: NetworkOrchestrator } = {};
   try {
     const store = new Store(opts.dataDir);
     const loaded = store.load();
@@ -62,6 +64,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     }
     const backends = opts.makeBackends ? await opts.makeBackends() : (opts.backends ?? new Map<BackendKind, HypervisorBackend>());
     const lifecycle = new Lifecycle(registry, backends, opts.log);
+    made = { lifecycle };
     removeLeftoverDisposables(registry, lifecycle, opts.log);
     let network: NetworkOrchestrator | undefined;
     if (opts.network !== false) {
@@ -72,11 +75,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         lookupIn: (netvm, hosts) => lookupHostnames(lifecycle, netvm, hosts),
         start: (name) => lifecycle.start(name),
       });
+      made = { lifecycle, network };
       try {
         await network.init();
       } catch (err) {
-        network.close();
-        await lifecycle.close();
         throw new Error(`networking needs iproute2 and nftables (${(err as Error).message}); install them, or start the daemon with --no-network`, { cause: err });
       }
       lifecycle.useNetwork(network);
@@ -100,8 +102,6 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       await server.close();
       await qrexec.close();
       policy.close();
-      await lifecycle.close();
-      network?.close();
       throw err;
     }
     opts.log.info({ socket: opts.socketPath, dataDir: opts.dataDir, qubes: registry.state.qubes.size }, 'daemon ready');
@@ -125,6 +125,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       },
     };
   } catch (err) {
+    made.network?.close();
+    await made.lifecycle?.close().catch(() => undefined);
     await lock.release();
     throw err;
   }

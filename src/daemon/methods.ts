@@ -172,7 +172,7 @@ function propertyMethods(prefix: string, dest: 'adminvm' | 'any', global: boolea
       handler: (c) => {
         const value = asciiPayload(c);
         if (!global && c.arg === 'netvm') {
-          c.network?.checkNetvmChange(c.dest, (n) => c.lifecycle.powerState(n) === 'Running', value === 'None' ? '' : value);
+          c.network?.checkNetvmChange(c.dest, (n) => c.lifecycle.powerState(n) !== 'Halted', value === 'None' ? '' : value);
         }
         if (global) c.registry.setGlobal(c.arg, value);
         else c.registry.setProp(c.dest.name, c.arg, value);
@@ -183,7 +183,7 @@ function propertyMethods(prefix: string, dest: 'adminvm' | 'any', global: boolea
       handler: (c) => {
         if (!global && c.arg === 'netvm') {
           const def = c.registry.getPropDefault(c.dest.name, 'netvm');
-          c.network?.checkNetvmChange(c.dest, (n) => c.lifecycle.powerState(n) === 'Running', typeof def?.value === 'string' ? def.value : '');
+          c.network?.checkNetvmChange(c.dest, (n) => c.lifecycle.powerState(n) !== 'Halted', typeof def?.value === 'string' ? def.value : '');
         }
         if (global) c.registry.resetGlobal(c.arg);
         else c.registry.resetProp(c.dest.name, c.arg);

@@ -223,4 +223,33 @@ void describe('network orchestrator', () => {
     net.checkNetvmChange(reg.resolve('fw'), running, '');
     net.checkNetvmChange(reg.resolve('fw'), () => false, 'app');
   });
+
+  test('a slow lookup of rules replaced meanwhile is never applied over the new ones', async () => {
+    let release!: () => void;
+    const slow = new Promise<void>((r) => { release = r; });
+    const { reg, runner, net } = setup(async () => {
+      await slow;
+      return Buffer.from('@ evil.test\n203.0.113.66 STREAM evil.test\n');
+    });
+    reg.firewallSet('app', [parseRule('action=accept dsthost=evil.test'), parseRule('action=drop')]);
+    await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID); // its lookup now waits
+    await net.applyFirewall('app', [parseRule('action=drop')]);
+    reg.firewallSet('app', [parseRule('action=drop')]);
+    release();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.doesNotMatch(runner.lastTable(uuid(reg, 'fw')), /203\.0\.113\.66/);
+  });
+
+  test('a netvm the user stopped is not started again by an unrelated change', async () => {
+    const { reg, net, starts } = setup();
+    const fw = await up(net, reg, 'fw', PID);
+    await up(net, reg, 'app', PID);
+    await fw.release(); // forced shutdown: app keeps running without network
+    reg.setProp('vault', 'memory', '500');
+    reg.setGlobal('default_netvm', 'fw');
+    await net.reconcile();
+    assert.deepEqual(starts, []);
+    assert.equal(net.linkedTo('app'), null);
+  });
 });

@@ -78,6 +78,10 @@ interface Node {
   rulesKey: string;
   /** Its rules name hostnames its netvm has not looked up yet (blocked until then). */
   needsLookup: boolean;
+  /** Counts refreshes of its rules: only the latest one started is applied. */
+  refreshSeq: number;
+  /** The netvm the registry named when it was last linked or looked at (reconcile acts on changes). */
+  wantedNetvm: string | null;
 }
 
 /** Most addresses kept per hostname of a rule. */
@@ -191,19 +195,29 @@ export class NetworkOrchestrator {
     }
   }
 
-  async #attach(q: QubeRecord, pid: number, started: string | undefined, dns: DnsPlan, signal: AbortSignal): Promise<void> {
+  async #attach(startingQ: QubeRecord, pid: number, started: string | undefined, dns: DnsPlan, signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
-    if (started === undefined || procStart(pid) !== started) throw new Error(`the qube's init (pid ${pid}) is gone`);
+    const gone = (): boolean => started === undefined || procStart(pid) !== started;
+    if (gone()) throw new Error(`the qube's init (pid ${pid}) is gone`);
     const s = this.#d.registry.state;
+    // The registry as it is now (its netvm may have changed since the start began).
+    const q = s.qubes.get(startingQ.name);
+    if (q?.uuid !== startingQ.uuid) throw new Error(`'${startingQ.name}' is no longer in the registry`);
     const provider = boolValue(s, q, 'provides_network');
     const node: Node = {
       name: q.name, qid: q.qid, ns: netnsName(this.#tag, q.uuid), provider,
       ip: addressFor(q.qid, q.klass === 'DispVM'), dns,
       serveClients: provider && ON.has(featureWithTemplate(s, q, 'net.serve-clients') ?? ''),
       linkedTo: null, ready: false, uplinkIf: null, hostUplink: null, nicDev: null, rules: [], rulesKey: '', needsLookup: false,
+      refreshSeq: 0, wantedNetvm: refValue(s, q, 'netvm'),
     };
     if (fs.existsSync(path.join(NETNS_DIR, node.ns))) await this.#run.run(['ip', 'netns', 'del', node.ns]);
     await this.#run.run(['ip', 'netns', 'attach', node.ns, String(pid)]);
+    if (gone()) {
+      // The pid was reused between the check and the handle: never touch that namespace.
+      await this.#run.run(['ip', 'netns', 'del', node.ns]).catch(() => undefined);
+      throw new Error(`the qube's init (pid ${pid}) is gone`);
+    }
     this.#nodes.set(node.name, node);
     const sysctls = [
       'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1',
@@ -320,7 +334,7 @@ export class NetworkOrchestrator {
     c.linkedTo = null;
     // The client's end goes with it, and with that its address and routes.
     await this.#run.run(['ip', '-n', n.ns, 'link', 'del', vifName(c.qid)]).catch((err: unknown) => { this.#warn(`disconnecting '${c.name}'`, err); });
-    await this.#applyTable(n);
+    await this.#applyTable(n).catch((err: unknown) => { this.#warn(`updating the table of '${n.name}'`, err); });
   }
 
   async #release(name: string): Promise<void> {
@@ -328,9 +342,9 @@ export class NetworkOrchestrator {
     if (node === undefined) return;
     this.#nodes.delete(name);
     node.ready = false;
+    const n = node.linkedTo;
+    node.linkedTo = null;
     try {
-      const n = node.linkedTo;
-      node.linkedTo = null;
       if (node.provider) {
         // Its clients keep running without network until it is back (their ends are removed now,
         // not whenever the kernel gets to this namespace, so a quick restart can link them again).
@@ -353,15 +367,14 @@ export class NetworkOrchestrator {
       if (node.hostUplink !== null) {
         await this.#run.run(['ip', 'link', 'del', node.hostUplink.hostIf]).catch((err: unknown) => { this.#warn(`removing the uplink of '${name}'`, err); });
       }
-      await this.#run.run(['ip', 'netns', 'del', node.ns]);
+    } finally {
+      // Each step on its own: one failing never keeps the others from running.
+      await this.#run.run(['ip', 'netns', 'del', node.ns]).catch((err: unknown) => { this.#warn(`removing the namespace handle of '${name}'`, err); });
       if (node.hostUplink !== null) {
         this.#hostUplinks.delete(node.name);
-        await this.#applyHostTable();
+        await this.#applyHostTable().catch((err: unknown) => { this.#warn('updating the admin domain\'s table', err); });
       }
-      if (n !== null && this.#nodes.get(n.name) === n) await this.#applyTable(n);
-    } catch (err) {
-      this.#warn(`releasing the network of '${name}'`, err);
-      await this.#run.run(['ip', 'netns', 'del', node.ns]).catch(() => undefined);
+      if (n !== null && this.#nodes.get(n.name) === n) await this.#applyTable(n).catch((err: unknown) => { this.#warn(`updating the table of '${n.name}'`, err); });
     }
   }
 
@@ -399,6 +412,7 @@ export class NetworkOrchestrator {
     const n = c?.linkedTo;
     if (c === undefined || n === null || n === undefined) return;
     const rules = candidate ?? this.#activeRules(name);
+    const seq = ++c.refreshSeq;
     let resolved: ResolvedRule[] | 'block';
     try {
       resolved = await this.#resolve(n, rules);
@@ -410,6 +424,12 @@ export class NetworkOrchestrator {
     await this.#serial(async () => {
       // Linked elsewhere (or gone) meanwhile: that link made its own rules.
       if (this.#nodes.get(name) !== c || c.linkedTo !== n) return;
+      if (!strict) {
+        // A later refresh was started (it applies), or the stored rules changed since the lookup
+        // (their change brings its own refresh): this result is stale.
+        if (c.refreshSeq !== seq) return;
+        if (candidate === undefined && rulesKey(this.#activeRules(name)) !== rulesKey(rules)) return;
+      }
       const before = { rules: c.rules, key: c.rulesKey, needsLookup: c.needsLookup };
       c.rules = resolved;
       c.rulesKey = rulesKey(rules);
@@ -474,7 +494,10 @@ export class NetworkOrchestrator {
     return this.#refresh(name, false);
   }
 
-  /** Qubes refuses to move a running qube onto a halted netvm. */
+  /**
+   * Qubes refuses to move a running qube onto a halted netvm. `running`: not Halted (a starting
+   * or paused qube counts as running).
+   */
   checkNetvmChange(q: QubeRecord, running: (name: string) => boolean, newNetvm: string): void {
     if (!running(q.name)) return;
     if (boolValue(this.#d.registry.state, q, 'provides_network') && (refValue(this.#d.registry.state, q, 'netvm') ?? '') !== newNetvm) {
@@ -494,7 +517,7 @@ export class NetworkOrchestrator {
       void this.#refresh(c.name, false);
       return;
     }
-    if (e.event === 'domain-start') {
+    if (e.event === 'domain-start' || e.event === 'domain-unpaused') {
       // A netvm that just became Running can look up its clients' hostnames now (once the
       // start has settled: the event comes just before the qube counts as Running).
       setImmediate(() => { this.#lookUpPending(); });
@@ -502,7 +525,7 @@ export class NetworkOrchestrator {
     }
     const prop = /^property-(?:set|reset):(.+)$/.exec(e.event)?.[1];
     if (prop === 'netvm' || prop === 'default_netvm' || prop === 'provides_network' || prop === 'template' || prop === 'name') {
-      void this.reconcile();
+      this.reconcile().catch((err: unknown) => { this.#warn('re-attaching qubes', err); });
     }
   }
 
@@ -513,12 +536,18 @@ export class NetworkOrchestrator {
       for (const c of [...this.#nodes.values()]) {
         if (!this.#nodes.has(c.name)) continue;
         const want = this.#netvmOf(c.name);
-        if (want === (c.linkedTo?.name ?? null)) continue;
+        if (want === (c.linkedTo?.name ?? null)) {
+          c.wantedNetvm = want;
+          continue;
+        }
+        // Unchanged in the registry: a netvm the user stopped is not started again behind their back.
+        const changed = want !== c.wantedNetvm;
+        c.wantedNetvm = want;
         await this.#unlink(c);
         if (want === null) continue;
         const n = this.#nodes.get(want);
         if (n?.ready === true) await this.#link(c, n, true).catch((err: unknown) => { this.#warn(`connecting '${c.name}' to '${want}'`, err); });
-        else if (n === undefined) toStart.add(want);
+        else if (n === undefined && changed) toStart.add(want);
       }
     });
     return job.then(() => {
