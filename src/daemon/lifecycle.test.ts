@@ -62,4 +62,12 @@ describe('lifecycle', () => {
     assert.equal(events.filter((e) => e.subject === 'work' && e.event === 'domain-shutdown').length, 2);
     await lifecycle.close();
   });
+
+  test('domain-start is announced when the qube already counts as Running', async (t) => {
+    const { registry, lifecycle } = setup(t, []);
+    const seen: string[] = [];
+    registry.subscribe((e) => { if (e.event === 'domain-start') seen.push(`${e.subject}:${lifecycle.powerState(e.subject)}`); });
+    await lifecycle.start('work');
+    assert.deepEqual(seen, ['net:Running', 'work:Running']);
+  });
 });

@@ -131,7 +131,17 @@ export class Lifecycle {
       throw new QubesError('QubesVMError', `Start failed: a volume operation on '${q.name}' or its template is in progress`);
     }
     const abort = new AbortController();
-    const job = this.#doStart(q, abort.signal).finally(() => this.#starting.delete(q.name));
+    // domain-start is announced once the qube counts as Running (a listener may act on it).
+    const job = this.#doStart(q, abort.signal).then(
+      () => {
+        this.#starting.delete(q.name);
+        this.#registry.emit({ subject: q.name, event: 'domain-start', kwargs: [['start_guid', 'True']] });
+      },
+      (err: unknown) => {
+        this.#starting.delete(q.name);
+        throw err;
+      },
+    );
     this.#starting.set(q.name, { job, abort });
     return job;
   }
@@ -165,7 +175,6 @@ export class Lifecycle {
       this.#log.warn({ qube: q.name, reason }, 'start failed');
       throw new QubesError('QubesException', `Start failed: ${reason}`);
     }
-    this.#registry.emit({ subject: q.name, event: 'domain-start', kwargs: [['start_guid', 'True']] });
   }
 
   #launchSpec(q: QubeRecord): QubeLaunchSpec {

@@ -22,7 +22,7 @@ export async function runInQube(
   name: string,
   user: string,
   command: string,
-  opts: { maxBytes: number; timeoutMs: number },
+  opts: { maxBytes: number; timeoutMs: number; what: string },
 ): Promise<CommandResult> {
   const sock = await lifecycle.exec(name, user, command, false);
   return new Promise<CommandResult>((resolve, reject) => {
@@ -38,14 +38,14 @@ export async function runInQube(
       if (err) reject(err);
       else resolve({ untrustedStdout: Buffer.concat(chunks), code });
     };
-    const timer = setTimeout(() => { finish(new Error(`'${command.split(' ')[0] ?? ''}' in '${name}' took longer than ${opts.timeoutMs} ms`)); }, opts.timeoutMs);
+    const timer = setTimeout(() => { finish(new Error(`${opts.what} in '${name}' took longer than ${opts.timeoutMs} ms`)); }, opts.timeoutMs);
     sock.on('data', (chunk: Buffer) => {
       try {
         for (const f of parser.push(chunk)) {
           if (f.type === MSG_DATA_STDOUT) {
             size += f.payload.length;
             if (size > opts.maxBytes) {
-              finish(new Error(`the output of a command in '${name}' exceeded ${opts.maxBytes} bytes`));
+              finish(new Error(`the output of ${opts.what} in '${name}' exceeded ${opts.maxBytes} bytes`));
               return;
             }
             chunks.push(f.payload);
@@ -59,7 +59,7 @@ export async function runInQube(
       }
     });
     sock.on('error', (err) => { finish(err); });
-    sock.on('close', () => { finish(new Error(`the command in '${name}' ended without an exit code`)); });
+    sock.on('close', () => { finish(new Error(`${opts.what} in '${name}' ended without an exit code`)); });
     sock.write(encodeFrame(MSG_DATA_STDIN));
     sock.resume();
   });
@@ -69,6 +69,6 @@ export async function runInQube(
 export async function lookupHostnames(lifecycle: Lifecycle, netvm: string, hosts: readonly string[]): Promise<Buffer> {
   for (const h of hosts) if (!/^[a-z0-9][a-z0-9._-]{0,252}$/.test(h)) throw new Error(`not a hostname: '${h}'`);
   const script = hosts.map((h) => `echo '@ ${h}'; getent ahosts -- '${h}'`).join('; ');
-  const r = await runInQube(lifecycle, netvm, 'root', `${script}; true`, { maxBytes: 256 * 1024, timeoutMs: 15_000 });
+  const r = await runInQube(lifecycle, netvm, 'root', `${script}; true`, { maxBytes: 256 * 1024, timeoutMs: 15_000, what: 'the hostname lookup' });
   return r.untrustedStdout;
 }

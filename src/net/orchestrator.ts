@@ -21,6 +21,7 @@ import type { QubeRecord } from '../core/model.js';
 import { addressFor, featureWithTemplate, QUBE_MAC, VIRTUAL_DNS } from '../core/network.js';
 import { boolValue, refValue } from '../core/properties.js';
 import type { Registry, RegistryEvent } from '../core/registry.js';
+import { procStat } from '../hal/proc.js';
 import type { NetworkHooks } from '../hal/types.js';
 import {
   CLIENT_IF,
@@ -164,7 +165,7 @@ export class NetworkOrchestrator {
       resolvConf: resolv,
       attach: async (pid, signal) => {
         // The queue may hold this a while: make sure the pid is still the qube's init then.
-        const started = procStart(pid);
+        const started = procStat(pid)?.start;
         await this.#serial(() => this.#attach(q, pid, started, dns, signal));
         this.#lookUpPending();
       },
@@ -197,7 +198,7 @@ export class NetworkOrchestrator {
 
   async #attach(startingQ: QubeRecord, pid: number, started: string | undefined, dns: DnsPlan, signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
-    const gone = (): boolean => started === undefined || procStart(pid) !== started;
+    const gone = (): boolean => started === undefined || procStat(pid)?.start !== started;
     if (gone()) throw new Error(`the qube's init (pid ${pid}) is gone`);
     const s = this.#d.registry.state;
     // The registry as it is now (its netvm may have changed since the start began).
@@ -228,6 +229,11 @@ export class NetworkOrchestrator {
     if (provider) {
       if (refValue(s, q, 'netvm') === null) await this.#setUpUplink(node, q);
       else node.uplinkIf = CLIENT_IF;
+      // The running qubes waiting for this netvm, then its table once, with them in it.
+      const waiting = [...this.#nodes.values()].filter((c) => c.linkedTo === null && c !== node && this.#netvmOf(c.name) === node.name);
+      for (const c of waiting) {
+        await this.#link(c, node, false).catch((err: unknown) => { this.#warn(`connecting '${c.name}' to '${node.name}'`, err); });
+      }
       await this.#applyTable(node);
       node.ready = true;
     }
@@ -235,13 +241,6 @@ export class NetworkOrchestrator {
     const netvm = refValue(s, q, 'netvm');
     const upstream = netvm === null ? undefined : this.#nodes.get(netvm);
     if (upstream?.ready === true) await this.#link(node, upstream, true);
-    if (provider) {
-      const waiting = [...this.#nodes.values()].filter((c) => c.linkedTo === null && c !== node && this.#netvmOf(c.name) === node.name);
-      for (const c of waiting) {
-        await this.#link(c, node, false).catch((err: unknown) => { this.#warn(`connecting '${c.name}' to '${node.name}'`, err); });
-      }
-      if (waiting.length > 0) await this.#applyTable(node);
-    }
   }
 
   #netvmOf(name: string): string | null {
@@ -518,9 +517,8 @@ export class NetworkOrchestrator {
       return;
     }
     if (e.event === 'domain-start' || e.event === 'domain-unpaused') {
-      // A netvm that just became Running can look up its clients' hostnames now (once the
-      // start has settled: the event comes just before the qube counts as Running).
-      setImmediate(() => { this.#lookUpPending(); });
+      // A netvm that just became Running can look up its clients' hostnames now.
+      this.#lookUpPending();
       return;
     }
     const prop = /^property-(?:set|reset):(.+)$/.exec(e.event)?.[1];
@@ -599,16 +597,6 @@ export class NetworkOrchestrator {
 /** Identifies a rule list (expired rules already left out by the caller). */
 function rulesKey(rules: readonly FirewallRule[]): string {
   return rules.map(formatRule).join('\n');
-}
-
-/** The start time of a process (/proc/PID/stat field 22): a reused pid has another. */
-function procStart(pid: number): string | undefined {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
 }
 
 /** Interfaces of the admin domain's (this process's) network namespace. */

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { QubeChannel } from '../channel.js';
+import { procStat } from '../proc.js';
 import type {
   BackendCapabilities,
   NetworkHooks,
@@ -64,19 +65,6 @@ interface RunningQube {
 const WATCHDOG_MS = 1000;
 /** A qube's console log (written by the qube) is cut back to nothing beyond this size. */
 export const CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
-
-/** State (field 3) and start time (field 22) of a process, from /proc/PID/stat. */
-function procStat(pid: number): { state: string; start: string } | undefined {
-  if (pid <= 0) return undefined;
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { state: fields[0] ?? '', start: fields[19] ?? '' };
-}
 
 /**
  * The qube's init is alive: the pid exists, is the same process (start time), and is not a
